@@ -1,0 +1,38 @@
+//! The WebSocket close codes agentwire sends, one per kind of failure.
+//!
+//! Every place that closes a socket uses a constant from here, and `docs/protocol.md`
+//! documents the same table, so a client can tell from the code alone what happened and
+//! whether reconnecting can help.
+
+/// Normal closure: the client asked to close, or the server finished with the session.
+pub const NORMAL: u16 = 1000;
+/// The client broke the WebSocket framing rules (bad opcode, unmasked frame, ...).
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// The client sent a binary frame or a frame type agentwire does not accept.
+pub const UNSUPPORTED_DATA: u16 = 1003;
+/// The client broke the protocol in a way that cannot be answered with an `error` frame
+/// (for example, flooding the socket before the welcome frame).
+pub const POLICY_VIOLATION: u16 = 1008;
+/// A frame was larger than the configured `max_frame_bytes`.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// The server hit an internal failure for this user; reconnecting may help.
+pub const INTERNAL_ERROR: u16 = 1011;
+/// The server is restarting or draining; reconnect (with `resume`) shortly.
+pub const SERVICE_RESTART: u16 = 1012;
+/// The client answered no heartbeat within `client_timeout`.
+pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+
+/// The reason text sent with a close code, for logs and people reading packet captures.
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        NORMAL => "normal closure",
+        PROTOCOL_ERROR => "protocol error",
+        UNSUPPORTED_DATA => "unsupported data",
+        POLICY_VIOLATION => "policy violation",
+        MESSAGE_TOO_BIG => "message too big",
+        INTERNAL_ERROR => "internal error",
+        SERVICE_RESTART => "service restart",
+        HEARTBEAT_TIMEOUT => "heartbeat timeout",
+        _ => "closed",
+    }
+}

@@ -1,0 +1,105 @@
+//! Runtime configuration: every timing and limit agentwire enforces, in one place.
+//!
+//! A [`Config`] is handed to [`crate::Runtime::builder`]; each field has a documented default
+//! (see `docs/architecture.md` and `docs/protocol.md`). Fields are public so an application can
+//! start from `Config::default()` and change what it needs.
+
+use std::time::Duration;
+
+/// Settings for one [`crate::Runtime`].
+///
+/// ```
+/// use std::time::Duration;
+/// let config = agentwire::Config {
+///     heartbeat_interval: Duration::from_secs(5),
+///     client_timeout: Duration::from_secs(15),
+///     ..agentwire::Config::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How often the server sends a WebSocket ping to each socket. Default 10 s.
+    pub heartbeat_interval: Duration,
+    /// A socket from which nothing (no frame, no pong) arrived for this long is closed with
+    /// close code 4000 and leaves the registry. Default 30 s.
+    pub client_timeout: Duration,
+    /// The largest inbound WebSocket frame, in bytes; larger frames close the socket with
+    /// 1009. Default 64 KiB.
+    pub max_frame_bytes: usize,
+    /// How many client frames a session holds while it waits for its welcome frame (the
+    /// registration round trip, normally microseconds). Past this the socket is closed with
+    /// 1008. Default 16.
+    pub max_frames_before_welcome: usize,
+    /// How many arbiter threads user actors are spread over. Default: one per core.
+    pub user_arbiters: usize,
+    /// The path of the WebSocket endpoint mounted by [`crate::routes`]. Default `/ws`.
+    pub ws_path: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_interval: Duration::from_secs(10),
+            client_timeout: Duration::from_secs(30),
+            max_frame_bytes: 64 * 1024,
+            max_frames_before_welcome: 16,
+            user_arbiters: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            ws_path: "/ws".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the settings make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError("heartbeat_interval must be greater than zero"));
+        }
+        if self.client_timeout <= self.heartbeat_interval {
+            return Err(ConfigError(
+                "client_timeout must be longer than heartbeat_interval",
+            ));
+        }
+        if self.max_frame_bytes < 128 {
+            return Err(ConfigError("max_frame_bytes must be at least 128"));
+        }
+        if self.user_arbiters == 0 {
+            return Err(ConfigError("user_arbiters must be at least 1"));
+        }
+        if !self.ws_path.starts_with('/') {
+            return Err(ConfigError("ws_path must start with '/'"));
+        }
+        Ok(())
+    }
+}
+
+/// A [`Config`] whose settings contradict each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(&'static str);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid agentwire config: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_contradictions_are_refused() {
+        assert!(Config::default().validate().is_ok());
+        let bad = Config {
+            client_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(2),
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

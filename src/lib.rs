@@ -1,0 +1,108 @@
+//! # agentwire
+//!
+//! An actor-based WebSocket connection runtime for AI-agent backends, on actix. An actix-web
+//! app mounts it in a few lines; browsers connect to `/ws`, and the app streams agent events
+//! (`agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`,
+//! `agent_error`) to the users who asked, in order, on every one of their tabs.
+//!
+//! ## The map of the crate
+//!
+//! The supervision tree, from the top:
+//!
+//! - [`Runtime`] (`runtime`): the cloneable handle, and the only way in. Starting one starts
+//!   exactly one **registry** (`registry`), the single source of truth for who is connected
+//!   and the only writer of the user **directory** (`directory`).
+//! - One **user actor** per connected user (`user`): the isolation boundary. It numbers the
+//!   user's events, encodes each once, fans the bytes out to the user's sockets, and owns the
+//!   user's live runs.
+//! - One **session actor** per socket (`session`), the only module that touches
+//!   actix-web-actors: it decodes client frames and writes what its user's actor posts.
+//!
+//! Around the tree:
+//!
+//! - [`event`]: the six agent events as types, and the JSON envelope they are encoded into.
+//! - [`inbound`] and [`outbound`]: the client's frames and the server's control frames.
+//! - [`close_code`]: the WebSocket close codes, one per kind of failure.
+//! - `emit`: [`UserHandle`], [`AgentRun`] and [`ToolCall`], the scoped handles that are the
+//!   only way to emit; `bus`: the seam every emitted event passes through.
+//! - `handler`: the [`AgentHandler`] trait the application implements for inbound requests.
+//! - `auth` and `jwt`: the [`Authenticator`] trait and the shipped HS256 [`JwtAuthenticator`].
+//! - `routes`: [`routes`], which mounts the endpoint in an actix-web app.
+//! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters.
+//!
+//! ## Embedding
+//!
+//! ```no_run
+//! use actix_web::{web, App, HttpServer, Responder};
+//! use agentwire::{AgentContext, AgentHandler, JwtAuthenticator, Runtime, StartAgent, UserId};
+//!
+//! struct Assistant;
+//!
+//! impl AgentHandler for Assistant {
+//!     async fn start_agent(&self, ctx: AgentContext, request: StartAgent) {
+//!         let run = ctx.start_run("assistant");
+//!         run.thinking("Looking that up");
+//!         let search = run.tool("web_search", serde_json::json!({ "q": request.user_request }));
+//!         search.complete(serde_json::json!(["result"]));
+//!         run.complete("Here is what I found.");
+//!     }
+//! }
+//!
+//! // Any handler of the app can emit to a user through the shared runtime.
+//! async fn notify(runtime: web::Data<Runtime>) -> impl Responder {
+//!     let run = runtime.user(UserId::new("alice").unwrap()).start_run("inbox", "mailer");
+//!     run.complete("You have mail.");
+//!     "sent"
+//! }
+//!
+//! #[actix_web::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let runtime = Runtime::builder(JwtAuthenticator::hs256(b"a long random secret"))
+//!         .handler(Assistant)
+//!         .start()
+//!         .expect("valid config");
+//!     HttpServer::new(move || {
+//!         App::new()
+//!             .configure(agentwire::routes(runtime.clone()))
+//!             .route("/notify", web::post().to(notify))
+//!     })
+//!     .bind(("127.0.0.1", 8080))?
+//!     .run()
+//!     .await
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+mod auth;
+mod bus;
+pub mod close_code;
+mod config;
+mod directory;
+mod emit;
+pub mod event;
+mod handler;
+mod ids;
+pub mod inbound;
+mod jwt;
+pub mod outbound;
+mod registry;
+mod routes;
+mod runtime;
+mod session;
+mod stats;
+mod user;
+
+pub use auth::{
+    extract_token, AuthError, Authenticator, Identity, PresentedToken, SUBPROTOCOL_PREFIX,
+};
+pub use config::{Config, ConfigError};
+pub use emit::{AgentRun, ToolCall, UserHandle};
+pub use handler::{AgentContext, AgentHandler};
+pub use ids::{InvalidUserId, SessionId, UserId, MAX_USER_ID_BYTES};
+pub use inbound::{StartAgent, UserMessage};
+pub use jwt::{JwtAuthenticator, DEFAULT_LEEWAY_SECS};
+pub use registry::{RegistrySnapshot, UserSnapshot};
+pub use routes::routes;
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeGone};
+pub use stats::{ActorStats, StatsSnapshot};
