@@ -1,0 +1,51 @@
+//! Command-line parsing for the `agentwire` binary: every flag also reads an environment
+//! variable, and running with no subcommand means `serve`.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+/// agentwire: an actor-based WebSocket runtime for AI-agent backends.
+#[derive(Parser, Debug)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand, these are the `serve` options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the demo server: the WebSocket endpoint, a demo login, a simulated agent and a
+    /// page to watch it work (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "AGENTWIRE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// HS256 secret for the demo's JWTs; a random one is generated and printed when absent.
+    #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Bearer token for the operator (debug) routes; a random one is generated and printed
+    /// when absent.
+    #[arg(long, env = "AGENTWIRE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// How often the server pings each socket, in milliseconds.
+    #[arg(
+        long,
+        env = "AGENTWIRE_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub heartbeat_interval_ms: u64,
+    /// Close a socket that sent nothing for this long, in milliseconds.
+    #[arg(long, env = "AGENTWIRE_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub client_timeout_ms: u64,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "AGENTWIRE_WORKERS")]
+    pub workers: Option<usize>,
+}

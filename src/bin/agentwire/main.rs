@@ -1,0 +1,29 @@
+//! The `agentwire` binary: the demo server (`serve`, the default).
+//!
+//! `cli` parses the command line, `serve` runs an actix-web server with agentwire mounted,
+//! `demo_agent` is the simulated agent that answers clients, and `demo_login` is the
+//! demo-only token issuer. None of this is part of the library: an application embeds
+//! `agentwire` with its own authenticator and handler.
+
+mod cli;
+mod demo_agent;
+mod demo_login;
+mod serve;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        Some(cli::Command::Serve(args)) => serve::run(args),
+        None => serve::run(cli.serve),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("agentwire: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

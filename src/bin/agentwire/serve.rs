@@ -1,0 +1,80 @@
+//! `agentwire serve`: the demo server.
+//!
+//! Mounts agentwire at `/ws` with an HS256 `JwtAuthenticator` and the simulated agent, the
+//! demo-only login at `/demo/login`, and the demo page at `/` (with the reusable JavaScript
+//! client at `/agentwire.js`). Prints the address it listens on, and the secrets it generated.
+
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use agentwire::{Config, JwtAuthenticator, Runtime};
+use rand::Rng;
+
+use crate::cli::ServeArgs;
+use crate::demo_agent::DemoAgent;
+use crate::demo_login::{self, DemoIssuer};
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const CLIENT_JS: &str = include_str!("assets/agentwire.js");
+
+pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    actix_web::rt::System::new().block_on(serve(args))
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let jwt_secret = args.jwt_secret.clone().unwrap_or_else(|| {
+        let secret = random_secret();
+        println!("jwt secret (generated; pass --jwt-secret to fix it): {secret}");
+        secret
+    });
+    let admin_token = args.admin_token.clone().unwrap_or_else(|| {
+        let token = random_secret();
+        println!("admin token (generated; pass --admin-token to fix it): {token}");
+        token
+    });
+    let config = Config {
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+        client_timeout: Duration::from_millis(args.client_timeout_ms),
+        ..Config::default()
+    };
+    let runtime = Runtime::builder(JwtAuthenticator::hs256(jwt_secret.as_bytes()))
+        .config(config)
+        .handler(DemoAgent)
+        .start()?;
+    let issuer = DemoIssuer::new(jwt_secret.as_bytes());
+    let _ = admin_token;
+
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .configure(agentwire::routes(runtime.clone()))
+            .configure(demo_login::routes(issuer.clone()))
+            .route("/", web::get().to(index))
+            .route("/agentwire.js", web::get().to(client_js))
+    })
+    .bind(args.bind)?;
+    if let Some(workers) = args.workers {
+        server = server.workers(workers);
+    }
+    for addr in server.addrs() {
+        println!("agentwire demo listening on http://{addr}");
+    }
+    server.run().await?;
+    Ok(())
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(INDEX_HTML)
+}
+
+async fn client_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(CLIENT_JS)
+}

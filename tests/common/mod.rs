@@ -1,0 +1,274 @@
+//! Shared test harness: a real agentwire server on an ephemeral loopback port, real
+//! WebSocket clients (tokio-tungstenite), tokens signed like an application would, and a
+//! test agent whose behaviour is chosen by the request text.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{App, HttpServer};
+use agentwire::{AgentContext, AgentHandler, Config, JwtAuthenticator, Runtime, StartAgent};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &[u8] = b"test secret, long enough for HS256";
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A server running in its own thread, with its own actix system.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub runtime: Runtime,
+    system: actix_web::rt::System,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(Config::default())
+    }
+
+    pub fn start_with(config: Config) -> TestServer {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let system = actix_web::rt::System::new();
+            system.block_on(async move {
+                let runtime = Runtime::builder(JwtAuthenticator::hs256(SECRET))
+                    .config(config)
+                    .handler(TestAgent)
+                    .start()
+                    .expect("valid config");
+                let app_runtime = runtime.clone();
+                let server = HttpServer::new(move || {
+                    App::new().configure(agentwire::routes(app_runtime.clone()))
+                })
+                .workers(2)
+                .disable_signals()
+                .bind("127.0.0.1:0")
+                .expect("bind loopback");
+                let addr = server.addrs()[0];
+                tx.send((addr, runtime, actix_web::rt::System::current()))
+                    .expect("test alive");
+                server.run().await.expect("server runs");
+            });
+        });
+        let (addr, runtime, system) = rx.recv().expect("server started");
+        TestServer {
+            addr,
+            runtime,
+            system,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Connects as `user` with a valid token in the subprotocol.
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect_subprotocol(&self.ws_url(), &token(user, 3600)).await
+    }
+
+    /// Waits until the registry reports `sessions` open sockets.
+    pub async fn wait_for_sessions(&self, sessions: usize) -> agentwire::RegistrySnapshot {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let snapshot = self.runtime.snapshot().await.expect("runtime alive");
+            if snapshot.session_count() == sessions {
+                return snapshot;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {sessions} sessions, registry has {snapshot:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.system.stop();
+    }
+}
+
+/// A JWT for `user` expiring `expires_in_secs` from now (negative: already expired).
+pub fn token(user: &str, expires_in_secs: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user, "exp": now + expires_in_secs }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client that records every frame it receives.
+pub struct Client {
+    pub socket: Socket,
+    pub welcome: Value,
+    /// The subprotocol the server answered with.
+    pub subprotocol: Option<String>,
+}
+
+impl Client {
+    pub async fn connect_subprotocol(url: &str, token: &str) -> Client {
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(&format!("jwt.{token}")).unwrap(),
+        );
+        Self::connect_request(request).await
+    }
+
+    pub async fn connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Client {
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("upgrade accepted");
+        let subprotocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let mut client = Client {
+            socket,
+            welcome: Value::Null,
+            subprotocol,
+        };
+        let welcome = client.next().await;
+        assert_eq!(welcome["type"], "welcome", "first frame is the welcome");
+        client.welcome = welcome;
+        client
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.socket
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// The next text frame as JSON; panics after [`PATIENCE`] or if the socket closes.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("a frame within the patience window")
+                .expect("socket open")
+                .expect("frame ok");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping nothing: panics if another type comes first.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let frame = self.next().await;
+        assert_eq!(frame["type"], kind, "unexpected frame {frame}");
+        frame
+    }
+
+    /// Frames until (and including) the terminal event of a run.
+    pub async fn collect_run(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next().await;
+            let done = matches!(
+                frame["type"].as_str(),
+                Some("agent_completed" | "agent_error")
+            );
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+
+    /// Waits for the close frame and returns its code; panics on anything but control frames.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("close within the patience window");
+            match message {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+pub fn types(frames: &[Value]) -> Vec<&str> {
+    frames.iter().map(|f| f["type"].as_str().unwrap()).collect()
+}
+
+pub fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect()
+}
+
+/// The test agent. The request text picks the behaviour:
+/// - `golden`: every event type of a successful run;
+/// - `stream:N`: N thinking events, then completed;
+/// - `drop`: a thinking event, then the run is dropped;
+/// - `drop_tool`: a tool call is opened, then run and call are dropped;
+/// - `panic`: a tool call is opened, then the handler panics;
+/// - `wait`: waits (up to 30 s) for `stop_agent`, then returns;
+/// - `fail`: the run fails.
+pub struct TestAgent;
+
+impl AgentHandler for TestAgent {
+    async fn start_agent(&self, ctx: AgentContext, request: StartAgent) {
+        let run = ctx.start_run("test-agent");
+        match request.user_request.as_str() {
+            "golden" => {
+                run.thinking("thinking about it");
+                let call = run.tool("search", json!({ "q": "agentwire" }));
+                call.complete(json!({ "hits": 3 }));
+                run.complete("the answer");
+            }
+            "drop" => run.thinking("about to be dropped"),
+            "drop_tool" => {
+                let _call = run.tool("search", json!({}));
+            }
+            "panic" => {
+                let _call = run.tool("search", json!({}));
+                panic!("the test agent panics on purpose");
+            }
+            "wait" => {
+                run.thinking("waiting to be stopped");
+                let stopped = tokio::time::timeout(Duration::from_secs(30), run.cancelled()).await;
+                if stopped.is_ok() {
+                    // Ignored on the wire: the user's actor already ended the run.
+                    run.thinking("after the stop");
+                }
+            }
+            "fail" => run.fail("the test agent fails on purpose"),
+            other => {
+                let n: usize = other
+                    .strip_prefix("stream:")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                for i in 0..n {
+                    run.thinking(format!("step {i}"));
+                }
+                run.complete("streamed");
+            }
+        }
+    }
+}

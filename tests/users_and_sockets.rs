@@ -1,0 +1,209 @@
+//! Users and their sockets over real connections: isolation between users, identical
+//! sequences on every tab of one user, switch_thread, and the registry's view of who is
+//! connected.
+
+mod common;
+
+use common::{seqs, types, TestServer};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_at_once_never_see_each_others_frames() {
+    let server = TestServer::start();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    assert_ne!(alice.welcome["epoch"], bob.welcome["epoch"]);
+
+    alice
+        .send(json!({ "type": "start_agent", "user_request": "stream:50", "thread_id": "a" }))
+        .await;
+    bob.send(json!({ "type": "start_agent", "user_request": "stream:50", "thread_id": "b" }))
+        .await;
+    let (alice_frames, bob_frames) = tokio::join!(alice.collect_run(), bob.collect_run());
+
+    for (frames, thread, epoch) in [
+        (&alice_frames, "a", &alice.welcome["epoch"]),
+        (&bob_frames, "b", &bob.welcome["epoch"]),
+    ] {
+        assert_eq!(frames.len(), 52);
+        assert_eq!(seqs(frames), (1..=52).collect::<Vec<u64>>());
+        assert!(frames
+            .iter()
+            .all(|f| f["thread_id"] == thread && &f["epoch"] == epoch));
+    }
+    let alice_runs: Vec<&Value> = alice_frames.iter().map(|f| &f["run_id"]).collect();
+    assert!(bob_frames
+        .iter()
+        .all(|f| !alice_runs.contains(&&f["run_id"])));
+
+    // Bob cannot stop Alice's run: it is not found for him.
+    alice
+        .send(json!({ "type": "start_agent", "user_request": "wait" }))
+        .await;
+    let started = alice.expect("agent_started").await;
+    alice.expect("agent_thinking").await;
+    bob.send(json!({ "type": "stop_agent", "run_id": started["run_id"] }))
+        .await;
+    assert_eq!(bob.expect("error").await["code"], "not_found");
+    alice
+        .send(json!({ "type": "stop_agent", "run_id": started["run_id"] }))
+        .await;
+    assert_eq!(
+        alice.expect("agent_error").await["data"]["code"],
+        "cancelled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_of_one_user_see_identical_sequences() {
+    let server = TestServer::start();
+    let mut tab1 = server.connect("carol").await;
+    let mut tab2 = server.connect("carol").await;
+    assert_eq!(tab1.welcome["epoch"], tab2.welcome["epoch"]);
+    assert_ne!(tab1.welcome["session_id"], tab2.welcome["session_id"]);
+    server.wait_for_sessions(2).await;
+
+    // Two runs at once, started from different tabs, interleave identically on both.
+    tab1.send(json!({ "type": "start_agent", "user_request": "stream:100" }))
+        .await;
+    tab2.send(json!({ "type": "start_agent", "user_request": "stream:100" }))
+        .await;
+    let mut record1 = Vec::new();
+    let mut record2 = Vec::new();
+    for _ in 0..204 {
+        record1.push(tab1.next().await);
+        record2.push(tab2.next().await);
+    }
+    assert_eq!(
+        record1, record2,
+        "both tabs received the same frames in the same order"
+    );
+    assert_eq!(seqs(&record1), (1..=204).collect::<Vec<u64>>());
+    let terminal = types(&record1)
+        .iter()
+        .filter(|t| **t == "agent_completed")
+        .count();
+    assert_eq!(terminal, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_thread_narrows_one_socket_only() {
+    let server = TestServer::start();
+    let mut narrow = server.connect("dave").await;
+    let mut wide = server.connect("dave").await;
+    server.wait_for_sessions(2).await;
+
+    narrow
+        .send(json!({ "type": "switch_thread", "thread_id": "t2", "ref": "s" }))
+        .await;
+    let ack = narrow.expect("thread_switched").await;
+    assert_eq!(ack["thread_id"], "t2");
+    assert_eq!(ack["ref"], "s");
+
+    for thread in ["t1", "t2", "t1"] {
+        wide.send(
+            json!({ "type": "start_agent", "user_request": "stream:1", "thread_id": thread }),
+        )
+        .await;
+        let frames = wide.collect_run().await;
+        assert!(frames.iter().all(|f| f["thread_id"] == thread));
+    }
+    // The narrowed socket got only t2's run: seq 4..=6 of the user's numbering.
+    let frames = narrow.collect_run().await;
+    assert!(frames.iter().all(|f| f["thread_id"] == "t2"));
+    assert_eq!(seqs(&frames), [4, 5, 6]);
+
+    // Back to every thread.
+    narrow
+        .send(json!({ "type": "switch_thread", "thread_id": null }))
+        .await;
+    assert_eq!(
+        narrow.expect("thread_switched").await["thread_id"],
+        Value::Null
+    );
+    wide.send(json!({ "type": "start_agent", "user_request": "stream:0", "thread_id": "t9" }))
+        .await;
+    let frames = narrow.collect_run().await;
+    assert_eq!(seqs(&frames), [10, 11]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_tracks_sockets_and_retires_users() {
+    let server = TestServer::start();
+    let erin1 = server.connect("erin").await;
+    let erin2 = server.connect("erin").await;
+    let frank = server.connect("frank").await;
+    let snapshot = server.wait_for_sessions(3).await;
+    assert_eq!(snapshot.users.len(), 2);
+    assert_eq!(snapshot.users["erin"].sessions.len(), 2);
+    assert_eq!(snapshot.users["frank"].sessions.len(), 1);
+
+    drop(erin1);
+    let snapshot = server.wait_for_sessions(2).await;
+    assert_eq!(snapshot.users["erin"].sessions.len(), 1);
+
+    drop(erin2);
+    let snapshot = server.wait_for_sessions(1).await;
+    assert!(!snapshot.users.contains_key("erin"), "erin's actor retired");
+    drop(frank);
+    let snapshot = server.wait_for_sessions(0).await;
+    assert!(snapshot.users.is_empty());
+
+    // Emitting to a user with no socket is safe and counted.
+    let run = server
+        .runtime
+        .user(agentwire::UserId::new("erin").unwrap())
+        .start_run("t", "app");
+    run.complete("nobody is listening");
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while server
+        .runtime
+        .snapshot()
+        .await
+        .unwrap()
+        .dropped_for_absent_users
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_emits_through_the_runtime_to_every_tab() {
+    let server = TestServer::start();
+    let mut tab1 = server.connect("gina").await;
+    let mut tab2 = server.connect("gina").await;
+    let mut other = server.connect("hank").await;
+    server.wait_for_sessions(3).await;
+
+    let gina = server.runtime.user(agentwire::UserId::new("gina").unwrap());
+    let run = gina.start_run("inbox", "mailer");
+    run.thinking("sorting mail");
+    {
+        let call = run.tool("fetch_mail", json!({ "folder": "inbox" }));
+        call.fail("mail server down");
+    }
+    run.complete("You have mail.");
+
+    let frames1 = tab1.collect_run().await;
+    let frames2 = tab2.collect_run().await;
+    assert_eq!(frames1, frames2);
+    assert_eq!(
+        types(&frames1),
+        [
+            "agent_started",
+            "agent_thinking",
+            "tool_executing",
+            "tool_completed",
+            "agent_completed"
+        ]
+    );
+    assert_eq!(frames1[0]["agent_name"], "mailer");
+    assert!(frames1[0]["data"].get("user_request").is_none());
+    assert_eq!(frames1[3]["data"]["error"], "mail server down");
+
+    // Hank received nothing: his next frame is his own pong.
+    other.send(json!({ "type": "ping" })).await;
+    other.expect("pong").await;
+}
