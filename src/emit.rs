@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Published, SharedBus};
+use crate::bus::{EmitStream, Published, SharedBus};
 use crate::event::{
     AgentCompleted, AgentError, AgentEvent, AgentStarted, AgentThinking, RunErrorCode, RunMeta,
     ToolCompleted, ToolExecuting, ToolOutcome,
@@ -49,17 +49,25 @@ impl UserHandle {
         thread_id: impl Into<String>,
         agent_name: impl Into<String>,
     ) -> AgentRun {
-        self.start_run_for(thread_id.into(), agent_name.into(), None)
+        self.start_run_for(
+            thread_id.into(),
+            agent_name.into(),
+            AgentStarted {
+                user_request: None,
+                client_ref: None,
+            },
+        )
     }
 
     pub(crate) fn start_run_for(
         &self,
         thread_id: String,
         agent_name: String,
-        user_request: Option<String>,
+        started: AgentStarted,
     ) -> AgentRun {
         let run = AgentRun {
-            user: self.clone(),
+            bus: self.bus.clone(),
+            stream: EmitStream::new(self.user_id.clone()),
             meta: Arc::new(RunMeta {
                 run_id: random_id("run"),
                 thread_id,
@@ -70,10 +78,7 @@ impl UserHandle {
             next_tool: AtomicU32::new(1),
             finished: false,
         };
-        run.publish(
-            AgentEvent::Started(AgentStarted { user_request }),
-            Some(run.cancel.clone()),
-        );
+        run.publish(AgentEvent::Started(started));
         run
     }
 }
@@ -85,7 +90,8 @@ impl UserHandle {
 /// After the client stops the run (`stop_agent`), the user already received `agent_error`
 /// with code `cancelled`; further emits are ignored and [`AgentRun::cancelled`] resolves.
 pub struct AgentRun {
-    user: UserHandle,
+    bus: SharedBus,
+    stream: EmitStream,
     meta: Arc<RunMeta>,
     cancel: CancellationToken,
     started: Instant,
@@ -111,7 +117,7 @@ impl AgentRun {
 
     /// The user the run belongs to.
     pub fn user_id(&self) -> &UserId {
-        &self.user.user_id
+        self.stream.user()
     }
 
     /// True once the client stopped the run.
@@ -127,10 +133,7 @@ impl AgentRun {
 
     /// Sends `agent_thinking`.
     pub fn thinking(&self, text: impl Into<String>) {
-        self.publish(
-            AgentEvent::Thinking(AgentThinking { text: text.into() }),
-            None,
-        );
+        self.publish(AgentEvent::Thinking(AgentThinking { text: text.into() }));
     }
 
     /// Sends `tool_executing` and returns the call, which must end with
@@ -144,14 +147,11 @@ impl AgentRun {
             started: Instant::now(),
             finished: false,
         };
-        self.publish(
-            AgentEvent::ToolExecuting(ToolExecuting {
-                tool_call_id: call.tool_call_id.clone(),
-                tool_name: call.tool_name.clone(),
-                args,
-            }),
-            None,
-        );
+        self.publish(AgentEvent::ToolExecuting(ToolExecuting {
+            tool_call_id: call.tool_call_id.clone(),
+            tool_name: call.tool_name.clone(),
+            args,
+        }));
         call
     }
 
@@ -159,13 +159,10 @@ impl AgentRun {
     pub fn complete(mut self, answer: impl Into<String>) {
         self.finished = true;
         let duration_ms = self.elapsed_ms();
-        self.publish(
-            AgentEvent::Completed(AgentCompleted {
-                answer: answer.into(),
-                duration_ms,
-            }),
-            None,
-        );
+        self.publish(AgentEvent::Completed(AgentCompleted {
+            answer: answer.into(),
+            duration_ms,
+        }));
     }
 
     /// Sends `agent_error` with code `failed`; the run is over.
@@ -175,26 +172,26 @@ impl AgentRun {
     }
 
     fn end_with_error(&self, code: RunErrorCode, message: String) {
-        self.publish(AgentEvent::Error(AgentError { code, message }), None);
+        self.publish(AgentEvent::Error(AgentError { code, message }));
     }
 
     fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn publish(&self, event: AgentEvent, cancel: Option<CancellationToken>) {
+    fn publish(&self, event: AgentEvent) {
         // After `stop_agent` the user's actor has ended the run; the terminal event still
         // goes out so the actor can forget the run (it swallows it).
         if self.cancel.is_cancelled() && !event.is_terminal() {
             return;
         }
-        self.user.bus.publish(
-            &self.user.user_id,
+        self.bus.publish(
+            &self.stream,
             Published {
                 meta: self.meta.clone(),
                 event,
                 emitted_at: SystemTime::now(),
-                cancel,
+                cancel: self.cancel.clone(),
             },
         );
     }
@@ -212,7 +209,7 @@ impl Drop for AgentRun {
         };
         log::debug!(
             "user:{}: run {} dropped unfinished ({code:?})",
-            self.user.user_id,
+            self.stream.user(),
             self.meta.run_id
         );
         self.end_with_error(code, message.to_owned());
@@ -248,15 +245,12 @@ impl ToolCall<'_> {
 
     fn finish(&mut self, outcome: ToolOutcome) {
         self.finished = true;
-        self.run.publish(
-            AgentEvent::ToolCompleted(ToolCompleted {
-                tool_call_id: std::mem::take(&mut self.tool_call_id),
-                tool_name: std::mem::take(&mut self.tool_name),
-                outcome,
-                duration_ms: self.started.elapsed().as_millis() as u64,
-            }),
-            None,
-        );
+        self.run.publish(AgentEvent::ToolCompleted(ToolCompleted {
+            tool_call_id: std::mem::take(&mut self.tool_call_id),
+            tool_name: std::mem::take(&mut self.tool_name),
+            outcome,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        }));
     }
 }
 

@@ -61,6 +61,9 @@ pub struct AgentStarted {
     /// The client's request that started the run, when a client started it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_request: Option<String>,
+    /// The `ref` the client sent with that request, so it can match the run to it.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub client_ref: Option<Value>,
 }
 
 /// Payload of `agent_thinking`.

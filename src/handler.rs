@@ -12,8 +12,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use serde_json::Value;
 
 use crate::emit::{AgentRun, UserHandle};
+use crate::event::AgentStarted;
 use crate::ids::SessionId;
 use crate::inbound::{StartAgent, UserMessage};
 
@@ -64,6 +66,7 @@ pub struct AgentContext {
     session_id: SessionId,
     thread_id: String,
     user_request: String,
+    client_ref: Option<Value>,
 }
 
 impl AgentContext {
@@ -72,12 +75,14 @@ impl AgentContext {
         session_id: SessionId,
         thread_id: String,
         user_request: String,
+        client_ref: Option<Value>,
     ) -> Self {
         AgentContext {
             user,
             session_id,
             thread_id,
             user_request,
+            client_ref,
         }
     }
 
@@ -96,12 +101,16 @@ impl AgentContext {
         &self.thread_id
     }
 
-    /// Starts a run for this request on its thread; `agent_started` carries the request.
+    /// Starts a run for this request on its thread; `agent_started` carries the request
+    /// and the client's `ref`.
     pub fn start_run(&self, agent_name: impl Into<String>) -> AgentRun {
         self.user.start_run_for(
             self.thread_id.clone(),
             agent_name.into(),
-            Some(self.user_request.clone()),
+            AgentStarted {
+                user_request: Some(self.user_request.clone()),
+                client_ref: self.client_ref.clone(),
+            },
         )
     }
 }

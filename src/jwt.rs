@@ -43,21 +43,30 @@ impl JwtAuthenticator {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // An `aud` claim is only checked when an audience is configured.
+        validation.validate_aud = false;
         JwtAuthenticator {
             key: DecodingKey::from_secret(secret),
             validation,
         }
     }
 
-    /// Also requires `iss` to equal `issuer`.
+    /// Also requires an `iss` claim equal to `issuer`.
     pub fn with_issuer(mut self, issuer: &str) -> Self {
         self.validation.set_issuer(&[issuer]);
+        self.validation
+            .required_spec_claims
+            .insert("iss".to_owned());
         self
     }
 
-    /// Also requires `aud` to contain `audience`.
+    /// Also requires an `aud` claim that contains `audience`.
     pub fn with_audience(mut self, audience: &str) -> Self {
         self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self.validation
+            .required_spec_claims
+            .insert("aud".to_owned());
         self
     }
 
@@ -78,5 +87,76 @@ impl Authenticator for JwtAuthenticator {
             user_id,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"unit test secret";
+
+    fn sign(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn in_an_hour() -> u64 {
+        jsonwebtoken::get_current_timestamp() + 3600
+    }
+
+    #[test]
+    fn sub_and_exp_are_required_and_checked() {
+        let auth = JwtAuthenticator::hs256(SECRET);
+        let ok = auth
+            .authenticate(&sign(json!({ "sub": "alice", "exp": in_an_hour() })))
+            .unwrap();
+        assert_eq!(ok.user_id.as_str(), "alice");
+        assert!(auth.authenticate(&sign(json!({ "sub": "alice" }))).is_err());
+        assert!(auth
+            .authenticate(&sign(json!({ "exp": in_an_hour() })))
+            .is_err());
+        let expired = jsonwebtoken::get_current_timestamp() - 60;
+        assert!(auth
+            .authenticate(&sign(json!({ "sub": "alice", "exp": expired })))
+            .is_err());
+        let not_yet = json!({ "sub": "a", "exp": in_an_hour(), "nbf": in_an_hour() - 60 });
+        assert!(auth.authenticate(&sign(not_yet)).is_err());
+        assert!(auth
+            .authenticate(&sign(json!({ "sub": "", "exp": in_an_hour() })))
+            .is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_required_once_configured() {
+        let plain = JwtAuthenticator::hs256(SECRET);
+        let with_aud = sign(json!({ "sub": "a", "exp": in_an_hour(), "aud": "x" }));
+        assert!(
+            plain.authenticate(&with_aud).is_ok(),
+            "aud ignored when not configured"
+        );
+
+        let strict = JwtAuthenticator::hs256(SECRET)
+            .with_issuer("https://issuer")
+            .with_audience("agentwire");
+        let bare = sign(json!({ "sub": "a", "exp": in_an_hour() }));
+        assert!(
+            strict.authenticate(&bare).is_err(),
+            "missing iss/aud refused"
+        );
+        let wrong = sign(
+            json!({ "sub": "a", "exp": in_an_hour(), "iss": "https://issuer", "aud": "other" }),
+        );
+        assert!(strict.authenticate(&wrong).is_err());
+        let right = sign(
+            json!({ "sub": "a", "exp": in_an_hour(), "iss": "https://issuer", "aud": "agentwire" }),
+        );
+        assert!(strict.authenticate(&right).is_ok());
     }
 }

@@ -106,3 +106,8 @@ pub use registry::{RegistrySnapshot, UserSnapshot};
 pub use routes::routes;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeGone};
 pub use stats::{ActorStats, StatsSnapshot};
+
+/// The README's examples, compiled as doctests so they cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

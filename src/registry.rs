@@ -12,7 +12,7 @@ use std::sync::Arc;
 use actix::{Actor, Addr, ArbiterHandle, Context, Handler, Message, MessageResult};
 use serde::Serialize;
 
-use crate::bus::Published;
+use crate::bus::{Handoff, Published};
 use crate::config::Config;
 use crate::directory::DirectoryWriter;
 use crate::ids::{SessionId, UserId};
@@ -160,6 +160,8 @@ impl Handler<Disconnect> for Registry {
 pub(crate) struct PublishToAbsent {
     pub user: UserId,
     pub event: Published,
+    /// Where the registry reports what it did, so the emitter can go direct again.
+    pub handoff: Arc<Handoff>,
 }
 
 impl Handler<PublishToAbsent> for Registry {
@@ -168,8 +170,12 @@ impl Handler<PublishToAbsent> for Registry {
     fn handle(&mut self, msg: PublishToAbsent, _: &mut Self::Context) {
         match self.users.get(&msg.user) {
             // The actor exists (the emitter raced its creation): deliver in order.
-            Some(member) => member.addr.do_send(msg.event),
+            Some(member) => {
+                member.addr.do_send(msg.event);
+                msg.handoff.record(Some(&member.addr));
+            }
             None => {
+                msg.handoff.record(None);
                 self.dropped_for_absent_users += 1;
                 log::debug!(
                     "registry: user:{} has no socket; dropped {} for run {}",

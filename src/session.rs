@@ -180,7 +180,7 @@ impl Session {
             return;
         };
         let user = UserHandle::new(self.user_id.clone(), self.shared.bus.clone());
-        let context = AgentContext::new(user, self.id, thread_id, user_request);
+        let context = AgentContext::new(user, self.id, thread_id, user_request, client_ref);
         // Detached from this actor: the run outlives a socket blip.
         actix_web::rt::spawn(handler.dispatch(context, request));
     }

@@ -43,6 +43,10 @@ impl ActorStats {
         self.bytes.fetch_add(bytes as u64, Relaxed);
     }
 
+    pub(crate) fn add_bytes(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> StatsSnapshot {
         let handled = self.handled.load(Relaxed);

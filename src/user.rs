@@ -31,12 +31,11 @@ struct Member {
     thread: Option<String>,
 }
 
-/// A run this user's actor has seen start and not yet end.
+/// A run of this user's that has not ended yet (as far as this actor has seen).
 struct LiveRun {
     meta: Arc<RunMeta>,
+    /// Cancelled by `stop_agent`; from then on the run's events are swallowed.
     cancel: CancellationToken,
-    /// Set by `stop_agent`: the actor already sent `agent_error` and swallows the rest.
-    stopped: bool,
 }
 
 pub(crate) struct User {
@@ -74,7 +73,7 @@ impl User {
         }
         .to_json()
         .into();
-        self.stats.handled(frame.len());
+        self.stats.add_bytes(frame.len());
         for member in &self.sessions {
             if member.thread.as_deref().is_none_or(|t| t == meta.thread_id) {
                 member.stats.queued();
@@ -169,27 +168,25 @@ impl Handler<Published> for User {
     fn handle(&mut self, msg: Published, _: &mut Self::Context) {
         self.stats.queued();
         let run_id = &msg.meta.run_id;
-        if let Some(cancel) = msg.cancel {
-            self.runs.insert(
-                run_id.clone(),
-                LiveRun {
-                    meta: msg.meta.clone(),
-                    cancel,
-                    stopped: false,
-                },
-            );
-        } else if let Some(run) = self.runs.get(run_id) {
-            let stopped = run.stopped;
+        if msg.cancel.is_cancelled() {
+            // The client stopped this run and already got its `agent_error` (from this
+            // actor, or from the one before it): nothing of the run may follow.
+            self.runs.remove(run_id);
+        } else {
             if msg.event.is_terminal() {
                 self.runs.remove(run_id);
+            } else if !self.runs.contains_key(run_id) {
+                self.runs.insert(
+                    run_id.clone(),
+                    LiveRun {
+                        meta: msg.meta.clone(),
+                        cancel: msg.cancel.clone(),
+                    },
+                );
             }
-            if stopped {
-                // The client stopped this run and already got its `agent_error`.
-                self.stats.handled(0);
-                return;
-            }
+            self.deliver(&msg.meta, &msg.event, msg.emitted_at);
         }
-        self.deliver(&msg.meta, &msg.event, msg.emitted_at);
+        self.stats.handled(0);
     }
 }
 
@@ -206,18 +203,17 @@ impl Handler<StopRun> for User {
     type Result = ();
 
     fn handle(&mut self, msg: StopRun, _: &mut Self::Context) {
-        match self.runs.get_mut(&msg.run_id) {
-            Some(run) if !run.stopped => {
-                run.stopped = true;
+        match self.runs.remove(&msg.run_id) {
+            Some(run) => {
                 run.cancel.cancel();
-                let meta = run.meta.clone();
+                let meta = run.meta;
                 let event = AgentEvent::Error(AgentError {
                     code: RunErrorCode::Cancelled,
                     message: "stopped by the client".to_owned(),
                 });
                 self.deliver(&meta, &event, SystemTime::now());
             }
-            _ => {
+            None => {
                 let frame = ControlFrame::Error {
                     code: ErrorCode::NotFound,
                     message: "no such run for this user",

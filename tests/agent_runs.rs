@@ -17,7 +17,7 @@ async fn golden_path_delivers_every_event_in_order_with_one_run_id() {
     assert_eq!(epoch.len(), 16);
 
     alice
-        .send(json!({ "type": "start_agent", "user_request": "golden", "thread_id": "t1" }))
+        .send(json!({ "type": "start_agent", "user_request": "golden", "thread_id": "t1", "ref": "r1" }))
         .await;
     let frames = alice.collect_run().await;
     assert_eq!(
@@ -42,6 +42,10 @@ async fn golden_path_delivers_every_event_in_order_with_one_run_id() {
         assert!(ts.ends_with('Z') && ts.len() == 27, "RFC 3339 µs UTC: {ts}");
     }
     assert_eq!(frames[0]["data"]["user_request"], "golden");
+    assert_eq!(
+        frames[0]["data"]["ref"], "r1",
+        "the run names the request that started it"
+    );
     assert_eq!(frames[2]["tool_name"], "search");
     assert_eq!(frames[2]["data"]["args"], json!({ "q": "agentwire" }));
     assert_eq!(frames[3]["tool_name"], "search");

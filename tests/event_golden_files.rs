@@ -37,6 +37,7 @@ fn agent_started() {
         "agent_started",
         AgentEvent::Started(AgentStarted {
             user_request: Some("What is agentwire?".into()),
+            client_ref: Some(json!("req-1")),
         }),
         1,
     );

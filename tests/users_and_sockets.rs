@@ -207,3 +207,54 @@ async fn the_application_emits_through_the_runtime_to_every_tab() {
     other.send(json!({ "type": "ping" })).await;
     other.expect("pong").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_streaming_while_its_user_connects_stays_in_order() {
+    // The emitter's first events go through the registry (no actor yet); once the actor
+    // exists they go straight to it. Across that switch no event may overtake another.
+    let server = TestServer::start();
+    for round in 0..10 {
+        let user = format!("racer-{round}");
+        let handle = server.runtime.user(agentwire::UserId::new(&user).unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let emitter = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let run = handle.start_run("t", "racer");
+                let mut step = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && step < 2_000_000 {
+                    run.thinking(step.to_string());
+                    step += 1;
+                    if step.is_multiple_of(16) {
+                        // A brisk stream, not a flood of the registry's mailbox.
+                        std::thread::sleep(std::time::Duration::from_micros(100));
+                    }
+                }
+                run.complete("done");
+            })
+        };
+        let mut client = server.connect(&user).await;
+        let mut last_step: Option<u64> = None;
+        let mut last_seq = client.welcome["seq"].as_u64().unwrap();
+        for _ in 0..300 {
+            let mut frame = client.next().await;
+            if frame["type"] == "agent_started" {
+                // The client connected before the run started.
+                last_seq += 1;
+                assert_eq!(frame["seq"], last_seq);
+                frame = client.next().await;
+            }
+            assert_eq!(frame["type"], "agent_thinking");
+            let seq = frame["seq"].as_u64().unwrap();
+            assert_eq!(seq, last_seq + 1, "contiguous seq");
+            last_seq = seq;
+            let step: u64 = frame["data"]["text"].as_str().unwrap().parse().unwrap();
+            if let Some(last) = last_step {
+                assert_eq!(step, last + 1, "round {round}: events of one run in order");
+            }
+            last_step = Some(step);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        emitter.join().unwrap();
+    }
+}

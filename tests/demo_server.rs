@@ -1,0 +1,218 @@
+//! The `agentwire` binary as a user runs it: a separate process on an ephemeral loopback
+//! port, driven over real HTTP and WebSocket connections — the page, the demo login, the
+//! simulated agent's realistic run, stop_agent, and the synthetic load contract.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use common::{types, Client};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct DemoServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl DemoServer {
+    fn start() -> DemoServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--jwt-secret",
+                "demo test secret",
+            ])
+            .args(["--admin-token", "admin test token"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the agentwire binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server prints its address")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("agentwire demo listening on http://") {
+                break addr.parse().unwrap();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        DemoServer { child, addr }
+    }
+
+    async fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    async fn login(&self, user: &str) -> String {
+        let (status, body) = self
+            .http(
+                "POST",
+                "/demo/login",
+                Some(&json!({ "user": user }).to_string()),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn connect(&self, user: &str) -> Client {
+        let token = self.login(user).await;
+        Client::connect_subprotocol(&format!("ws://{}/ws", self.addr), &token).await
+    }
+}
+
+impl Drop for DemoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_the_client_and_the_demo_login_are_served() {
+    let server = DemoServer::start();
+    let (status, page) = server.http("GET", "/", None).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html") && page.contains("/agentwire.js"));
+    let (status, js) = server.http("GET", "/agentwire.js", None).await;
+    assert_eq!(status, 200);
+    assert!(js.contains("AgentwireClient"));
+
+    let (status, _) = server
+        .http("POST", "/demo/login", Some(r#"{"user":""}"#))
+        .await;
+    assert_eq!(status, 400, "an empty name is refused");
+    let (status, _) = server.http("POST", "/demo/login", Some("nonsense")).await;
+    assert_eq!(status, 400);
+    let token = server.login("zoe").await;
+    assert_eq!(token.split('.').count(), 3, "a JWT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_agent_answers_with_a_realistic_run() {
+    let server = DemoServer::start();
+    let mut zoe = server.connect("zoe").await;
+    assert_eq!(zoe.welcome["user_id"], "zoe");
+
+    zoe.send(json!({ "type": "start_agent", "user_request": "What is 6 times 7?" }))
+        .await;
+    let frames = zoe.collect_run().await;
+    let kinds = types(&frames);
+    assert_eq!(kinds.first(), Some(&"agent_started"));
+    assert_eq!(kinds.last(), Some(&"agent_completed"));
+    let thinking = kinds.iter().filter(|k| **k == "agent_thinking").count();
+    let tools = kinds.iter().filter(|k| **k == "tool_executing").count();
+    assert!(thinking >= 2, "streamed thinking: {kinds:?}");
+    assert!((1..=2).contains(&tools), "one or two tool calls: {kinds:?}");
+    // Every tool call completes, right after it started, with arguments and a result.
+    for (i, frame) in frames.iter().enumerate() {
+        if frame["type"] == "tool_executing" {
+            assert!(frame["data"]["args"].is_object());
+            let done = &frames[i + 1];
+            assert_eq!(done["type"], "tool_completed");
+            assert_eq!(done["data"]["tool_call_id"], frame["data"]["tool_call_id"]);
+            assert_eq!(done["data"]["status"], "ok");
+        }
+    }
+    let answer = frames.last().unwrap();
+    assert!(answer["data"]["answer"].as_str().unwrap().len() > 20);
+    let took = answer["data"]["duration_ms"].as_u64().unwrap();
+    assert!(
+        (500..=6000).contains(&took),
+        "a run with short pauses, took {took} ms"
+    );
+
+    // A follow-up on the same thread is answered too.
+    let thread = frames[0]["thread_id"].clone();
+    zoe.send(json!({ "type": "user_message", "content": "and why?", "thread_id": thread }))
+        .await;
+    let frames = zoe.collect_run().await;
+    assert_eq!(frames[0]["thread_id"], thread);
+    assert_eq!(frames.last().unwrap()["type"], "agent_completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_agent_stops_the_simulated_agent() {
+    let server = DemoServer::start();
+    let mut zoe = server.connect("zoe").await;
+    zoe.send(json!({ "type": "start_agent", "user_request": "a long question" }))
+        .await;
+    let started = zoe.expect("agent_started").await;
+    zoe.send(json!({ "type": "stop_agent", "run_id": started["run_id"] }))
+        .await;
+    let frames = zoe.collect_run().await;
+    let last = frames.last().unwrap();
+    assert_eq!(last["type"], "agent_error");
+    assert_eq!(last["data"]["code"], "cancelled");
+    // Nothing of that run follows.
+    zoe.send(json!({ "type": "ping" })).await;
+    zoe.expect("pong").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synthetic_runs_follow_the_load_contract() {
+    let server = DemoServer::start();
+    let mut load = server.connect("load-1").await;
+
+    load.send(json!({
+        "type": "start_agent",
+        "user_request": "synthetic",
+        "context": { "synthetic": { "events": 500, "interval_ms": 0 } }
+    }))
+    .await;
+    let frames = load.collect_run().await;
+    assert_eq!(frames.len(), 500);
+    assert_eq!(frames[0]["type"], "agent_started");
+    assert!(frames[1..499].iter().all(|f| f["type"] == "agent_thinking"));
+    assert_eq!(frames[499]["type"], "agent_completed");
+    let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
+
+    load.send(json!({
+        "type": "start_agent",
+        "user_request": "synthetic",
+        "context": { "synthetic": { "events": 5, "interval_ms": 30 } }
+    }))
+    .await;
+    let frames = load.collect_run().await;
+    assert_eq!(types(&frames).len(), 5);
+    let took = frames[4]["data"]["duration_ms"].as_u64().unwrap();
+    assert!(took >= 4 * 30, "paced 30 ms apart, took {took} ms");
+
+    // A malformed synthetic context fails the run with a message, it does not hang.
+    load.send(json!({
+        "type": "start_agent",
+        "user_request": "synthetic",
+        "context": { "synthetic": { "events": "many" } }
+    }))
+    .await;
+    let frames = load.collect_run().await;
+    assert_eq!(types(&frames), ["agent_started", "agent_error"]);
+    assert_eq!(frames[1]["data"]["code"], "failed");
+}
