@@ -27,7 +27,8 @@
 //!   only way to emit; `bus`: the seam every emitted event passes through.
 //! - `handler`: the [`AgentHandler`] trait the application implements for inbound requests.
 //! - `auth` and `jwt`: the [`Authenticator`] trait and the shipped HS256 [`JwtAuthenticator`].
-//! - `routes`: [`routes`], which mounts the endpoint in an actix-web app.
+//! - `routes`: [`routes`], which mounts the endpoint in an actix-web app; `debug`:
+//!   [`debug_routes`], the admin-only live supervision tree (off unless mounted).
 //! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters.
 //!
 //! ## Embedding
@@ -78,6 +79,7 @@ mod auth;
 mod bus;
 pub mod close_code;
 mod config;
+mod debug;
 mod directory;
 mod emit;
 pub mod event;
@@ -97,6 +99,7 @@ pub use auth::{
     extract_token, AuthError, Authenticator, Identity, PresentedToken, SUBPROTOCOL_PREFIX,
 };
 pub use config::{Config, ConfigError};
+pub use debug::{debug_routes, TreeNode};
 pub use emit::{AgentRun, ToolCall, UserHandle};
 pub use handler::{AgentContext, AgentHandler};
 pub use ids::{InvalidUserId, SessionId, UserId, MAX_USER_ID_BYTES};

@@ -49,10 +49,21 @@ impl DemoServer {
     }
 
     async fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.http_with(method, path, body, "").await
+    }
+
+    /// An HTTP/1.1 request; `headers` are extra header lines, each ending in `\r\n`.
+    async fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &str,
+    ) -> (u16, String) {
         let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let body = body.unwrap_or("");
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{headers}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.addr,
             body.len()
@@ -215,4 +226,59 @@ async fn synthetic_runs_follow_the_load_contract() {
     let frames = load.collect_run().await;
     assert_eq!(types(&frames), ["agent_started", "agent_error"]);
     assert_eq!(frames[1]["data"]["code"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debug_tree_needs_the_admin_token_and_matches_the_sockets() {
+    let server = DemoServer::start();
+    let (status, _) = server.http("GET", "/debug/tree", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = server
+        .http_with(
+            "GET",
+            "/debug/tree",
+            None,
+            "Authorization: Bearer wrong\r\n",
+        )
+        .await;
+    assert_eq!(status, 401);
+    let zoe_token = server.login("zoe").await;
+    let (status, _) = server
+        .http_with(
+            "GET",
+            "/debug/tree",
+            None,
+            &format!("Authorization: Bearer {zoe_token}\r\n"),
+        )
+        .await;
+    assert_eq!(status, 401, "a user's token is not the admin token");
+
+    let _zoe1 = server.connect("zoe").await;
+    let _zoe2 = server.connect("zoe").await;
+    let _yan = server.connect("yan").await;
+    let (status, body) = server
+        .http_with(
+            "GET",
+            "/debug/tree",
+            None,
+            "Authorization: Bearer admin test token\r\n",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let tree: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(tree["kind"], "registry");
+    let users = tree["children"].as_array().unwrap();
+    let sessions_of = |id: &str| {
+        users
+            .iter()
+            .find(|u| u["id"] == id)
+            .map(|u| {
+                assert_eq!(u["kind"], "user");
+                u["children"].as_array().unwrap().len()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(users.len(), 2);
+    assert_eq!(sessions_of("zoe"), 2);
+    assert_eq!(sessions_of("yan"), 1);
 }

@@ -2,7 +2,7 @@
 //!
 //! Mounts agentwire at `/ws` with an HS256 `JwtAuthenticator` and the simulated agent, the
 //! demo-only login at `/demo/login`, and the demo page at `/` (with the reusable JavaScript
-//! client at `/agentwire.js`). Prints the address it listens on, and the secrets it generated.
+//! client at `/agentwire.js`), and the admin-only `/debug/tree`. Prints the address it listens on, and the secrets it generated.
 
 use std::time::Duration;
 
@@ -47,14 +47,18 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .handler(DemoAgent)
         .start()?;
     let issuer = DemoIssuer::new(jwt_secret.as_bytes());
-    let _ = admin_token;
 
     let mut server = HttpServer::new(move || {
         App::new()
             .configure(agentwire::routes(runtime.clone()))
+            .configure(agentwire::debug_routes(
+                runtime.clone(),
+                admin_token.clone(),
+            ))
             .configure(demo_login::routes(issuer.clone()))
             .route("/", web::get().to(index))
             .route("/agentwire.js", web::get().to(client_js))
+            .route("/favicon.ico", web::get().to(HttpResponse::NoContent))
     })
     .bind(args.bind)?;
     if let Some(workers) = args.workers {
