@@ -1,13 +1,14 @@
 //! The bus: the one seam every emitted event passes through on its way to a user's actor.
 //!
 //! Each emitter (an [`crate::AgentRun`]) owns an [`EmitStream`]: an ordered stream of events
-//! to one user. The in-process [`LocalBus`] posts each event straight to the user's actor,
-//! found in the directory, and never through the registry's mailbox while the actor exists.
-//! When the user has no actor, the event goes to the registry, which decides what becomes of
-//! it. A stream that went through the registry switches back to the direct path only once the
-//! registry has handled everything the stream sent it, so a later event can never overtake
-//! an earlier one on the other path. A multi-node bus (Redis) replaces `LocalBus` here
-//! without touching actors.
+//! to one user. The in-process [`LocalBus`] posts each event straight into the user actor's
+//! mailbox, found in the directory, while holding the directory's read lock; the registry
+//! takes the write lock to unpublish an actor before it retires it, so no event is ever
+//! posted into a mailbox that is about to close. When the user has no actor, the event goes
+//! to the registry, which decides what becomes of it. A stream that went through the
+//! registry goes direct again only once the registry has handled everything the stream sent
+//! it, so a later event can never overtake an earlier one on the other path. A multi-node
+//! bus (Redis) replaces `LocalBus` here without touching actors.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use crate::directory::DirectoryReader;
 use crate::event::{AgentEvent, RunMeta};
 use crate::ids::UserId;
 use crate::registry::{PublishToAbsent, Registry};
-use crate::user::User;
 
 /// One event on its way to a user's actor, not yet numbered.
 #[derive(Debug, Message)]
@@ -50,16 +50,15 @@ pub(crate) type SharedBus = Arc<dyn Bus>;
 /// An ordered stream of events from one emitter to one user.
 pub(crate) struct EmitStream {
     user: UserId,
-    /// How the stream reaches its user; `None` until the first event, or after the actor
-    /// it used went away (then the directory is asked again).
-    route: Mutex<Option<Route>>,
+    /// Set while events of this stream may still be in the registry's mailbox.
+    via_registry: Mutex<Option<ViaRegistry>>,
 }
 
 impl EmitStream {
     pub(crate) fn new(user: UserId) -> Self {
         EmitStream {
             user,
-            route: Mutex::new(None),
+            via_registry: Mutex::new(None),
         }
     }
 
@@ -68,27 +67,22 @@ impl EmitStream {
     }
 }
 
-/// How a stream currently reaches its user.
-enum Route {
-    /// Straight into the user actor's mailbox.
-    Direct(Addr<User>),
-    /// Through the registry: `sent` events so far; the registry reports in `handoff` how
-    /// many it handled and to which actor it posted the last one.
-    ViaRegistry { handoff: Arc<Handoff>, sent: u64 },
+/// A stream's traffic through the registry: `sent` events so far, of which the registry
+/// reports in `handoff` how many it has handled.
+struct ViaRegistry {
+    handoff: Arc<Handoff>,
+    sent: u64,
 }
 
 /// What the registry reports back to a stream that went through it.
 #[derive(Default)]
 pub(crate) struct Handoff {
     handled: AtomicU64,
-    forwarded_to: Mutex<Option<Addr<User>>>,
 }
 
 impl Handoff {
-    /// Called by the registry after it handled one event of the stream: `to` is the actor
-    /// it posted the event to, or `None` when it dropped it.
-    pub(crate) fn record(&self, to: Option<&Addr<User>>) {
-        *self.forwarded_to.lock() = to.cloned();
+    /// Called by the registry after it handled (forwarded or dropped) one event.
+    pub(crate) fn record(&self) {
         self.handled.fetch_add(1, Ordering::Release);
     }
 }
@@ -108,52 +102,35 @@ impl LocalBus {
     }
 }
 
-impl LocalBus {
-    /// The route for a stream with no usable route: the user's actor, or the registry.
-    fn look_up(&self, user: &UserId) -> Route {
-        match self.directory.get(user) {
-            Some(addr) if addr.connected() => Route::Direct(addr),
-            _ => Route::ViaRegistry {
-                handoff: Arc::default(),
-                sent: 0,
-            },
-        }
-    }
-}
-
 impl Bus for LocalBus {
     fn publish(&self, stream: &EmitStream, event: Published) {
-        let mut slot = stream.route.lock();
-        let kept = match slot.take() {
-            // A stream that went through the registry goes direct again once the registry
-            // has handled all it sent and posted the last of it to a live actor: everything
-            // earlier is then already in that actor's mailbox, ahead of what follows.
-            Some(Route::ViaRegistry { handoff, sent }) => {
-                if handoff.handled.load(Ordering::Acquire) == sent {
-                    let forwarded_to = handoff.forwarded_to.lock().take();
-                    forwarded_to.map(Route::Direct)
-                } else {
-                    Some(Route::ViaRegistry { handoff, sent })
+        let mut via_registry = stream.via_registry.lock();
+        // While the registry still holds some of this stream's events, the rest follow
+        // them through the registry; once it has handled all of them, everything earlier
+        // is already in the actor's mailbox (or was dropped) and the stream may go direct.
+        let drained = via_registry
+            .as_ref()
+            .is_none_or(|via| via.handoff.handled.load(Ordering::Acquire) == via.sent);
+        let event = if drained {
+            match self.directory.post(&stream.user, event) {
+                Ok(()) => {
+                    *via_registry = None;
+                    return;
                 }
+                Err(event) => event,
             }
-            other => other,
+        } else {
+            event
         };
-        let mut route = match kept {
-            Some(Route::Direct(addr)) if !addr.connected() => self.look_up(&stream.user),
-            Some(route) => route,
-            None => self.look_up(&stream.user),
-        };
-        match &mut route {
-            Route::Direct(addr) => addr.do_send(event),
-            Route::ViaRegistry { handoff, sent } => {
-                *sent += 1;
-                self.registry.do_send(PublishToAbsent {
-                    user: stream.user.clone(),
-                    event,
-                    handoff: handoff.clone(),
-                });
-            }
-        }
-        *slot = Some(route);
+        let via = via_registry.get_or_insert_with(|| ViaRegistry {
+            handoff: Arc::default(),
+            sent: 0,
+        });
+        via.sent += 1;
+        self.registry.do_send(PublishToAbsent {
+            user: stream.user.clone(),
+            event,
+            handoff: via.handoff.clone(),
+        });
     }
 }

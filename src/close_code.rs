@@ -19,8 +19,14 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const INTERNAL_ERROR: u16 = 1011;
 /// The server is restarting or draining; reconnect (with `resume`) shortly.
 pub const SERVICE_RESTART: u16 = 1012;
+/// The server is at its user capacity (`max_users`); reconnect later.
+pub const TRY_AGAIN_LATER: u16 = 1013;
 /// The client answered no heartbeat within `client_timeout`.
 pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+/// The client stopped reading: more than `max_session_backlog_frames` (or bytes) were
+/// waiting for it. It received every event up to the cut-off, with no gap; reconnect with
+/// `resume` to get the rest.
+pub const SLOW_CONSUMER: u16 = 4001;
 
 /// The reason text sent with a close code, for logs and people reading packet captures.
 pub fn reason(code: u16) -> &'static str {
@@ -32,7 +38,9 @@ pub fn reason(code: u16) -> &'static str {
         MESSAGE_TOO_BIG => "message too big",
         INTERNAL_ERROR => "internal error",
         SERVICE_RESTART => "service restart",
+        TRY_AGAIN_LATER => "try again later",
         HEARTBEAT_TIMEOUT => "heartbeat timeout",
+        SLOW_CONSUMER => "slow consumer",
         _ => "closed",
     }
 }

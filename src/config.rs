@@ -33,6 +33,35 @@ pub struct Config {
     pub max_frames_before_welcome: usize,
     /// How many arbiter threads user actors are spread over. Default: one per core.
     pub user_arbiters: usize,
+    /// How many recent events each user's replay buffer keeps. Default 1,000.
+    pub replay_max_events: usize,
+    /// How old a buffered event may get before it is dropped from the replay buffer.
+    /// Default 5 min.
+    pub replay_max_age: Duration,
+    /// How long a user's actor (and its numbering and replay buffer) outlives the user's last
+    /// socket, so a reconnect can resume. Default 2 min.
+    pub resume_window: Duration,
+    /// The most user actors at once, connected or within their resume window. At the cap,
+    /// the user idle the longest is expired early; if every user is connected, the new
+    /// socket is closed with 1013. Default 100,000.
+    pub max_users: usize,
+    /// The most bytes all replay buffers together may hold. A push that crosses it makes the
+    /// pushing user drop its own oldest buffered events until the total is under it again.
+    /// Default 256 MiB.
+    pub max_replay_bytes: usize,
+    /// A socket with this many frames sent to it but not yet written (a client that stopped
+    /// reading) gets no more live events and is closed with 4001 once it can be. Default 4,096.
+    pub max_session_backlog_frames: u64,
+    /// The same limit in bytes. Default 8 MiB.
+    pub max_session_backlog_bytes: u64,
+    /// How long a new socket holds back live events waiting for the client's first frame,
+    /// so that a `resume` sent right after the welcome is answered before any live event.
+    /// Zero disables holding (then only `?epoch=&last_seq=` at connect, or a `resume`
+    /// before any live event reached the socket, can be exact). Default 1 s.
+    pub resume_hold: Duration,
+    /// How many users' sockets [`crate::Runtime::shutdown`] closes per 10 ms tick.
+    /// Default 200.
+    pub drain_batch_users: usize,
     /// The path of the WebSocket endpoint mounted by [`crate::routes`]. Default `/ws`.
     pub ws_path: String,
 }
@@ -47,6 +76,15 @@ impl Default for Config {
             user_arbiters: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            replay_max_events: 1_000,
+            replay_max_age: Duration::from_secs(5 * 60),
+            resume_window: Duration::from_secs(2 * 60),
+            max_users: 100_000,
+            max_replay_bytes: 256 * 1024 * 1024,
+            max_session_backlog_frames: 4_096,
+            max_session_backlog_bytes: 8 * 1024 * 1024,
+            resume_hold: Duration::from_secs(1),
+            drain_batch_users: 200,
             ws_path: "/ws".to_owned(),
         }
     }
@@ -68,6 +106,17 @@ impl Config {
         }
         if self.user_arbiters == 0 {
             return Err(ConfigError("user_arbiters must be at least 1"));
+        }
+        if self.max_users == 0 {
+            return Err(ConfigError("max_users must be at least 1"));
+        }
+        if self.max_session_backlog_frames == 0 || self.max_session_backlog_bytes == 0 {
+            return Err(ConfigError(
+                "session backlog limits must be greater than zero",
+            ));
+        }
+        if self.drain_batch_users == 0 {
+            return Err(ConfigError("drain_batch_users must be at least 1"));
         }
         if !self.ws_path.starts_with('/') {
             return Err(ConfigError("ws_path must start with '/'"));

@@ -2,7 +2,9 @@
 //!
 //! Emitters read it to reach a user's actor without queuing behind the registry's mailbox.
 //! Only the registry writes it: [`new`] returns one [`DirectoryWriter`] (not `Clone`), which
-//! the registry owns, and any number of [`DirectoryReader`]s.
+//! the registry owns, and any number of [`DirectoryReader`]s. Readers post to an actor while
+//! holding the read lock, so once the registry's `remove` returns, no further event can
+//! reach that actor's mailbox.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,9 +31,20 @@ pub(crate) fn new() -> (DirectoryWriter, DirectoryReader) {
 }
 
 impl DirectoryReader {
-    /// The user's actor, if the user currently has one.
-    pub(crate) fn get(&self, user: &UserId) -> Option<Addr<User>> {
-        self.0.read().get(user).cloned()
+    /// Posts `message` to the user's actor, or gives it back when the user has none.
+    pub(crate) fn post<M>(&self, user: &UserId, message: M) -> Result<(), M>
+    where
+        M: actix::Message<Result = ()> + Send + 'static,
+        User: actix::Handler<M>,
+    {
+        let map = self.0.read();
+        match map.get(user) {
+            Some(addr) if addr.connected() => {
+                addr.do_send(message);
+                Ok(())
+            }
+            _ => Err(message),
+        }
     }
 }
 

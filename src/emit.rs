@@ -6,7 +6,8 @@
 //! `tool_executing`), and `complete`/`fail` consume the run, so nothing can follow them. A
 //! `ToolCall` borrows its run, so the run cannot end while a call is open. Dropping either
 //! unfinished (including while unwinding from a panic) still sends the closing event.
-//! Every event goes through the bus straight to the user's actor, never the registry.
+//! Every event goes through the bus, which posts it straight to the user's actor (through
+//! the registry only while the user has no actor).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -180,9 +181,9 @@ impl AgentRun {
     }
 
     fn publish(&self, event: AgentEvent) {
-        // After `stop_agent` the user's actor has ended the run; the terminal event still
-        // goes out so the actor can forget the run (it swallows it).
-        if self.cancel.is_cancelled() && !event.is_terminal() {
+        // After `stop_agent` the user's actor has ended the run (and sent `agent_error`);
+        // nothing more of it goes out.
+        if self.cancel.is_cancelled() {
             return;
         }
         self.bus.publish(

@@ -13,8 +13,8 @@
 //!   exactly one **registry** (`registry`), the single source of truth for who is connected
 //!   and the only writer of the user **directory** (`directory`).
 //! - One **user actor** per connected user (`user`): the isolation boundary. It numbers the
-//!   user's events, encodes each once, fans the bytes out to the user's sockets, and owns the
-//!   user's live runs.
+//!   user's events, encodes each once, keeps them for resume, fans the bytes out to the
+//!   user's sockets (cutting off one that stopped reading), and owns the user's live runs.
 //! - One **session actor** per socket (`session`), the only module that touches
 //!   actix-web-actors: it decodes client frames and writes what its user's actor posts.
 //!
@@ -29,6 +29,7 @@
 //! - `auth` and `jwt`: the [`Authenticator`] trait and the shipped HS256 [`JwtAuthenticator`].
 //! - `routes`: [`routes`], which mounts the endpoint in an actix-web app; `debug`:
 //!   [`debug_routes`], the admin-only live supervision tree (off unless mounted).
+//! - `replay`: each user's bounded replay buffer, and the byte budget all of them share.
 //! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters.
 //!
 //! ## Embedding
@@ -89,6 +90,7 @@ pub mod inbound;
 mod jwt;
 pub mod outbound;
 mod registry;
+mod replay;
 mod routes;
 mod runtime;
 mod session;
@@ -107,7 +109,7 @@ pub use inbound::{StartAgent, UserMessage};
 pub use jwt::{JwtAuthenticator, DEFAULT_LEEWAY_SECS};
 pub use registry::{RegistrySnapshot, UserSnapshot};
 pub use routes::routes;
-pub use runtime::{Runtime, RuntimeBuilder, RuntimeGone};
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeGone, ShutdownReport};
 pub use stats::{ActorStats, StatsSnapshot};
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.

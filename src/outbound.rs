@@ -2,7 +2,7 @@
 //! codes carried by `error` frames.
 //!
 //! Agent events are encoded by [`crate::event::EventFrame`]; the frames here answer the
-//! client (`welcome`, `pong`, `error`, `thread_switched`, `resync_required`). Each is encoded
+//! client (`welcome`, `pong`, `error`, `thread_switched`, `resumed`, `resync_required`). Each is encoded
 //! once into a [`Frame`], the shared, reference-counted text that sessions write.
 
 use bytestring::ByteString;
@@ -77,11 +77,20 @@ pub enum ControlFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         client_ref: Option<&'a Value>,
     },
-    /// The events a `resume` asked for cannot be replayed: start over from this state.
+    /// A resume succeeded: every event with `from_seq <= seq <= to_seq` was just replayed
+    /// (none when `from_seq > to_seq`), and live events follow from `to_seq + 1`.
+    Resumed {
+        /// The first replayed `seq`.
+        from_seq: u64,
+        /// The last replayed `seq`.
+        to_seq: u64,
+    },
+    /// The events a `resume` asked for cannot be replayed (another epoch, or evicted): the
+    /// client must reload its state; this socket's events continue after `seq`.
     ResyncRequired {
         /// The user's current epoch.
         epoch: &'a str,
-        /// The user's current `seq`.
+        /// The last `seq` this socket has been sent; live events continue after it.
         seq: u64,
     },
 }

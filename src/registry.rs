@@ -2,38 +2,51 @@
 //!
 //! Exactly one exists per [`crate::Runtime`], created by `Runtime::start` (its constructor is
 //! crate-private). It is the only code that changes membership: it creates a user's actor when
-//! the user's first socket connects, attaches and detaches sessions, retires the user's actor
-//! when the last socket leaves, and is the only writer of the directory that emitters read.
-//! User actors are spread round-robin over a small pool of arbiters.
+//! the user's first socket connects, attaches and detaches sessions, keeps a user's actor for
+//! the resume window after the last socket leaves and then retires it, enforces the global
+//! user cap, and drains every socket on shutdown. It is the only writer of the directory that
+//! emitters read. User actors are spread round-robin over a small pool of arbiters.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, ArbiterHandle, Context, Handler, Message, MessageResult};
+use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message, MessageResult};
 use serde::Serialize;
 
 use crate::bus::{Handoff, Published};
+use crate::close_code;
 use crate::config::Config;
 use crate::directory::DirectoryWriter;
 use crate::ids::{SessionId, UserId};
-use crate::session::Session;
+use crate::replay::ReplayBudget;
+use crate::session::{CloseSession, Session};
 use crate::stats::{ActorStats, StatsSnapshot};
-use crate::user::{Attach, Detach, Retire, User};
+use crate::user::{Attach, Detach, Drain, Retire, User};
+
+/// How often a drain closes the next batch of users' sockets.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
 
 /// The registry's record of one user.
 struct Member {
     addr: Addr<User>,
     stats: Arc<ActorStats>,
     sessions: HashMap<SessionId, Arc<ActorStats>>,
+    /// Since when the user has had no socket (its resume window is running).
+    idle_since: Option<Instant>,
+    /// Bumped whenever the user goes idle, so a stale expiry timer does nothing.
+    idle_generation: u64,
 }
 
 pub(crate) struct Registry {
     config: Arc<Config>,
     directory: DirectoryWriter,
+    budget: Arc<ReplayBudget>,
     user_arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     users: HashMap<UserId, Member>,
-    /// Events for users without an actor, dropped (counted) until resume windows exist.
+    draining: bool,
+    /// Events for users without an actor (never connected, or past their resume window).
     dropped_for_absent_users: u64,
 }
 
@@ -41,14 +54,17 @@ impl Registry {
     pub(crate) fn new(
         config: Arc<Config>,
         directory: DirectoryWriter,
+        budget: Arc<ReplayBudget>,
         user_arbiters: Vec<ArbiterHandle>,
     ) -> Self {
         Registry {
             config,
             directory,
+            budget,
             user_arbiters,
             next_arbiter: 0,
             users: HashMap::new(),
+            draining: false,
             dropped_for_absent_users: 0,
         }
     }
@@ -57,13 +73,49 @@ impl Registry {
         let arbiter = &self.user_arbiters[self.next_arbiter % self.user_arbiters.len()];
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
         let stats = Arc::new(ActorStats::default());
-        let (id, config, user_stats) = (user.clone(), self.config.clone(), stats.clone());
-        let addr = User::start_in_arbiter(arbiter, move |_| User::new(id, &config, user_stats));
+        let (id, config, budget, user_stats) = (
+            user.clone(),
+            self.config.clone(),
+            self.budget.clone(),
+            stats.clone(),
+        );
+        let addr =
+            User::start_in_arbiter(arbiter, move |_| User::new(id, &config, budget, user_stats));
         log::debug!("registry: started user:{user}");
         Member {
             addr,
             stats,
             sessions: HashMap::new(),
+            idle_since: None,
+            idle_generation: 0,
+        }
+    }
+
+    /// Removes a user's actor: unpublished first, so no emitter finds it after it is told
+    /// to retire.
+    fn retire(&mut self, user: &UserId, why: &str) {
+        self.directory.remove(user);
+        if let Some(member) = self.users.remove(user) {
+            member.addr.do_send(Retire);
+            log::debug!("registry: retired user:{user} ({why})");
+        }
+    }
+
+    /// At the user cap: expires the user idle the longest. False when every user has a
+    /// socket.
+    fn make_room(&mut self) -> bool {
+        let oldest = self
+            .users
+            .iter()
+            .filter_map(|(id, m)| m.idle_since.map(|since| (since, id)))
+            .min()
+            .map(|(_, id)| id.clone());
+        match oldest {
+            Some(user) => {
+                self.retire(&user, "user cap reached; idle the longest");
+                true
+            }
+            None => false,
         }
     }
 }
@@ -87,13 +139,28 @@ pub(crate) struct Connect {
     pub user: UserId,
     pub addr: Addr<Session>,
     pub stats: Arc<ActorStats>,
+    pub resume: Option<(String, u64)>,
 }
 
 impl Handler<Connect> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) {
+        if self.draining {
+            msg.addr.do_send(CloseSession(close_code::SERVICE_RESTART));
+            return;
+        }
         if !self.users.contains_key(&msg.user) {
+            if self.users.len() >= self.config.max_users && !self.make_room() {
+                log::warn!(
+                    "registry: {} users, all connected: refusing session:{} of user:{}",
+                    self.users.len(),
+                    msg.session_id,
+                    msg.user
+                );
+                msg.addr.do_send(CloseSession(close_code::TRY_AGAIN_LATER));
+                return;
+            }
             let member = self.spawn_user(&msg.user);
             self.directory.insert(msg.user.clone(), member.addr.clone());
             self.users.insert(msg.user.clone(), member);
@@ -101,11 +168,13 @@ impl Handler<Connect> for Registry {
         let Some(member) = self.users.get_mut(&msg.user) else {
             return;
         };
+        member.idle_since = None;
         member.sessions.insert(msg.session_id, msg.stats.clone());
         member.addr.do_send(Attach {
             session_id: msg.session_id,
             addr: msg.addr,
             stats: msg.stats,
+            resume: msg.resume,
         });
         log::debug!(
             "registry: session:{} joined user:{} ({} socket(s))",
@@ -116,7 +185,8 @@ impl Handler<Connect> for Registry {
     }
 }
 
-/// A session's socket closed: detach it, and retire the user's actor with its last socket.
+/// A session's socket closed: detach it; with the user's last socket, start the resume
+/// window, after which the user's actor is retired.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Disconnect {
@@ -127,7 +197,7 @@ pub(crate) struct Disconnect {
 impl Handler<Disconnect> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
         let Some(member) = self.users.get_mut(&msg.user) else {
             return;
         };
@@ -143,14 +213,26 @@ impl Handler<Disconnect> for Registry {
             msg.user,
             member.sessions.len()
         );
-        if member.sessions.is_empty() {
-            // Unpublish first, so no emitter finds the actor after it is told to retire.
-            self.directory.remove(&msg.user);
-            if let Some(member) = self.users.remove(&msg.user) {
-                member.addr.do_send(Retire);
-            }
-            log::debug!("registry: retired user:{}", msg.user);
+        if !member.sessions.is_empty() {
+            return;
         }
+        if self.config.resume_window.is_zero() || self.draining {
+            self.retire(&msg.user, "last socket left");
+            return;
+        }
+        member.idle_since = Some(Instant::now());
+        member.idle_generation += 1;
+        let generation = member.idle_generation;
+        let user = msg.user;
+        ctx.run_later(self.config.resume_window, move |registry, _| {
+            let expired = registry
+                .users
+                .get(&user)
+                .is_some_and(|m| m.sessions.is_empty() && m.idle_generation == generation);
+            if expired {
+                registry.retire(&user, "resume window over");
+            }
+        });
     }
 }
 
@@ -172,10 +254,10 @@ impl Handler<PublishToAbsent> for Registry {
             // The actor exists (the emitter raced its creation): deliver in order.
             Some(member) => {
                 member.addr.do_send(msg.event);
-                msg.handoff.record(Some(&member.addr));
+                msg.handoff.record();
             }
             None => {
-                msg.handoff.record(None);
+                msg.handoff.record();
                 self.dropped_for_absent_users += 1;
                 log::debug!(
                     "registry: user:{} has no socket; dropped {} for run {}",
@@ -188,6 +270,42 @@ impl Handler<PublishToAbsent> for Registry {
     }
 }
 
+/// Shutdown: refuse new sockets and close every open one with 1012, a batch of users per
+/// tick, each after what was already queued to it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct DrainAll;
+
+impl Handler<DrainAll> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: DrainAll, ctx: &mut Self::Context) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        let pending: Vec<Addr<User>> = self
+            .users
+            .values()
+            .filter(|m| !m.sessions.is_empty())
+            .map(|m| m.addr.clone())
+            .collect();
+        log::info!("registry: draining {} user(s)", pending.len());
+        drain_batches(pending, self.config.drain_batch_users, ctx);
+    }
+}
+
+/// Drains one batch of users now and schedules the rest, a batch per tick.
+fn drain_batches(mut pending: Vec<Addr<User>>, batch: usize, ctx: &mut Context<Registry>) {
+    let cut = pending.len().saturating_sub(batch);
+    for user in pending.drain(cut..) {
+        user.do_send(Drain);
+    }
+    if !pending.is_empty() {
+        ctx.run_later(DRAIN_TICK, move |_, ctx| drain_batches(pending, batch, ctx));
+    }
+}
+
 /// Asks for a copy of the tree: every user and their sessions, with counters.
 #[derive(Message)]
 #[rtype(result = "RegistrySnapshot")]
@@ -196,10 +314,15 @@ pub(crate) struct Snapshot;
 /// The supervision tree as the registry sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RegistrySnapshot {
-    /// Connected users by id.
+    /// Users with an actor (connected, or within their resume window), by id.
     pub users: BTreeMap<String, UserSnapshot>,
-    /// Events emitted for users who had no socket (and so no actor) at the time.
+    /// Events emitted for users who had no actor at the time (never connected, or past
+    /// their resume window).
     pub dropped_for_absent_users: u64,
+    /// Bytes held by all replay buffers.
+    pub replay_bytes: usize,
+    /// True once shutdown began.
+    pub draining: bool,
 }
 
 impl RegistrySnapshot {
@@ -216,6 +339,8 @@ pub struct UserSnapshot {
     pub stats: StatsSnapshot,
     /// Session id → that session's counters.
     pub sessions: BTreeMap<u64, StatsSnapshot>,
+    /// Milliseconds since the last socket left, while the resume window runs.
+    pub idle_ms: Option<u64>,
 }
 
 impl Handler<Snapshot> for Registry {
@@ -234,6 +359,7 @@ impl Handler<Snapshot> for Registry {
                 let user = UserSnapshot {
                     stats: member.stats.snapshot(),
                     sessions,
+                    idle_ms: member.idle_since.map(|t| t.elapsed().as_millis() as u64),
                 };
                 (id.to_string(), user)
             })
@@ -241,6 +367,8 @@ impl Handler<Snapshot> for Registry {
         MessageResult(RegistrySnapshot {
             users,
             dropped_for_absent_users: self.dropped_for_absent_users,
+            replay_bytes: self.budget.used(),
+            draining: self.draining,
         })
     }
 }

@@ -3,12 +3,16 @@
 //! [`routes`] registers the WebSocket endpoint and the [`Runtime`] as `web::Data`, so the
 //! app's own handlers can take `web::Data<Runtime>` and emit. The endpoint reads the token
 //! (see [`crate::auth::extract_token`]), answers 401 without detail when it is missing or
-//! invalid, and only then upgrades.
+//! invalid, 503 while the runtime drains, 400 for a malformed `?epoch=&last_seq=`, and only
+//! then upgrades.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use std::sync::atomic::Ordering;
+
 use crate::auth::extract_token;
+use crate::inbound::MAX_ID_BYTES;
 use crate::runtime::Runtime;
 use crate::session;
 
@@ -44,6 +48,15 @@ async fn ws_endpoint(
     runtime: web::Data<Runtime>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let shared = runtime.shared();
+    if shared.draining.load(Ordering::Relaxed) {
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .body("draining"));
+    }
+    let resume = match resume_at_connect(&req) {
+        Ok(resume) => resume,
+        Err(problem) => return Ok(HttpResponse::BadRequest().body(problem)),
+    };
     let Some(presented) = extract_token(&req) else {
         log::debug!("ws: upgrade without a token refused");
         return Ok(unauthorized());
@@ -61,7 +74,35 @@ async fn ws_endpoint(
         shared.clone(),
         identity.user_id,
         presented.subprotocol.as_deref(),
+        resume,
     )
+}
+
+/// `?epoch=E&last_seq=N` on the upgrade request: resume as part of connecting. Both or
+/// neither must be present.
+fn resume_at_connect(req: &HttpRequest) -> Result<Option<(String, u64)>, &'static str> {
+    let mut epoch = None;
+    let mut last_seq = None;
+    for pair in req.query_string().split('&') {
+        if let Some(value) = pair.strip_prefix("epoch=") {
+            epoch = Some(value);
+        } else if let Some(value) = pair.strip_prefix("last_seq=") {
+            last_seq = Some(value);
+        }
+    }
+    match (epoch, last_seq) {
+        (None, None) => Ok(None),
+        (Some(epoch), Some(last_seq)) => {
+            let valid_epoch = !epoch.is_empty()
+                && epoch.len() <= MAX_ID_BYTES
+                && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+            match (valid_epoch, last_seq.parse::<u64>()) {
+                (true, Ok(last_seq)) => Ok(Some((epoch.to_owned(), last_seq))),
+                _ => Err("epoch must be alphanumeric and last_seq a non-negative integer"),
+            }
+        }
+        _ => Err("epoch and last_seq go together"),
+    }
 }
 
 fn unauthorized() -> HttpResponse {

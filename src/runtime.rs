@@ -4,8 +4,9 @@
 //! user actors run on. The runtime is what an actix-web app mounts with [`crate::routes`] and
 //! what application code emits through ([`Runtime::user`]), from any thread.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter};
 
@@ -16,7 +17,8 @@ use crate::directory;
 use crate::emit::UserHandle;
 use crate::handler::{AgentHandler, DynHandler};
 use crate::ids::{SessionId, UserId};
-use crate::registry::{Registry, RegistrySnapshot, Snapshot};
+use crate::registry::{DrainAll, Registry, RegistrySnapshot, Snapshot};
+use crate::replay::ReplayBudget;
 
 /// What every actor of one runtime shares. Crate-private: outside code holds a [`Runtime`].
 pub(crate) struct Shared {
@@ -25,6 +27,8 @@ pub(crate) struct Shared {
     pub bus: SharedBus,
     pub handler: Option<Arc<dyn DynHandler>>,
     pub authenticator: Arc<dyn Authenticator>,
+    /// Set by [`Runtime::shutdown`]: new upgrades are refused with 503.
+    pub draining: AtomicBool,
     next_session: AtomicU64,
 }
 
@@ -81,6 +85,37 @@ impl Runtime {
             .map_err(|_| RuntimeGone)
     }
 
+    /// Drains the runtime: new upgrades get HTTP 503, and every open socket is closed with
+    /// 1012 (service restart), a batch of users at a time, each after everything already
+    /// queued to it has been written. Resolves when no socket is left or `deadline` passed.
+    ///
+    /// Clients should reconnect with `resume`. With the in-process bus, replay buffers live
+    /// in this process: a client that reconnects to a restarted process gets
+    /// `resync_required`.
+    pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, RuntimeGone> {
+        let started = Instant::now();
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let open_before = self.snapshot().await?.session_count();
+        self.shared
+            .registry
+            .send(DrainAll)
+            .await
+            .map_err(|_| RuntimeGone)?;
+        loop {
+            let open = self.snapshot().await?.session_count();
+            if open == 0 || started.elapsed() >= deadline {
+                let report = ShutdownReport {
+                    closed: open_before.saturating_sub(open),
+                    still_open: open,
+                    took: started.elapsed(),
+                };
+                log::info!("runtime: drained: {report:?}");
+                return Ok(report);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -117,8 +152,9 @@ impl RuntimeBuilder {
             .collect();
         let (writer, reader) = directory::new();
         let registry_config = config.clone();
+        let budget = ReplayBudget::new(config.max_replay_bytes);
         let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Registry::new(registry_config, writer, user_arbiters)
+            Registry::new(registry_config, writer, budget, user_arbiters)
         });
         let bus: SharedBus = Arc::new(LocalBus::new(reader, registry.clone()));
         Ok(Runtime {
@@ -128,6 +164,7 @@ impl RuntimeBuilder {
                 bus,
                 handler: self.handler,
                 authenticator: self.authenticator,
+                draining: AtomicBool::new(false),
                 next_session: AtomicU64::new(1),
             }),
         })
@@ -145,3 +182,14 @@ impl std::fmt::Display for RuntimeGone {
 }
 
 impl std::error::Error for RuntimeGone {}
+
+/// What [`Runtime::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Sockets closed with 1012.
+    pub closed: usize,
+    /// Sockets still open at the deadline (stalled clients that could not be closed yet).
+    pub still_open: usize,
+    /// How long the drain took.
+    pub took: Duration,
+}

@@ -6,6 +6,11 @@
 //! its user's actor. Outbound, it writes the frames its user's actor posts (`Deliver`), which
 //! are already encoded and shared between the user's sockets. It pings on a timer and closes
 //! a socket that has been silent past the client timeout.
+//!
+//! Resuming: a new socket holds back live frames for up to `resume_hold` after its welcome,
+//! until the client's first frame. If that frame is `resume`, the user's actor answers with
+//! the replay, which is written before the held frames; otherwise the held frames are
+//! written at once. So a replay never interleaves with, or duplicates, a live event.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -27,12 +32,28 @@ use crate::runtime::Shared;
 use crate::stats::ActorStats;
 use crate::user::{self, User};
 
+/// Where the session is in delivering its user's frames.
+enum Flow {
+    /// Before the welcome.
+    Connecting,
+    /// After the welcome, before the client's first frame (up to `resume_hold`): live
+    /// frames are held.
+    Holding(Vec<Frame>),
+    /// A resume is being answered: live frames are held until the replay is written.
+    Replaying(Vec<Frame>),
+    /// Frames are written as they come.
+    Live,
+}
+
 pub(crate) struct Session {
     id: SessionId,
     user_id: UserId,
     shared: Arc<Shared>,
     /// The user's actor, known once the welcome frame arrived.
     user: Option<Addr<User>>,
+    flow: Flow,
+    /// `?epoch=&last_seq=` from the upgrade request, handed to the registry on connect.
+    resume_at_connect: Option<(String, u64)>,
     /// Client frames that arrived before the welcome, handled right after it.
     early_frames: VecDeque<ByteString>,
     last_heard: Instant,
@@ -47,6 +68,7 @@ pub(crate) fn upgrade(
     shared: Arc<Shared>,
     user_id: UserId,
     subprotocol: Option<&str>,
+    resume_at_connect: Option<(String, u64)>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let max_frame = shared.config.max_frame_bytes;
     let session = Session {
@@ -54,6 +76,8 @@ pub(crate) fn upgrade(
         user_id,
         shared,
         user: None,
+        flow: Flow::Connecting,
+        resume_at_connect,
         early_frames: VecDeque::new(),
         last_heard: Instant::now(),
         stats: Arc::new(ActorStats::default()),
@@ -76,9 +100,25 @@ impl Session {
 
     fn send_control(&self, ctx: &mut ws::WebsocketContext<Self>, frame: &ControlFrame<'_>) {
         let frame = frame.encode();
-        self.stats.queued();
+        self.stats.queued(frame.len());
+        self.write(ctx, frame);
+    }
+
+    /// Writes one frame the user's actor (or this session) queued.
+    fn write(&self, ctx: &mut ws::WebsocketContext<Self>, frame: Frame) {
         self.stats.handled(frame.len());
         ctx.text(frame);
+    }
+
+    /// Writes the frames held back since the welcome, and goes live.
+    fn release(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Flow::Holding(held) | Flow::Replaying(held) =
+            std::mem::replace(&mut self.flow, Flow::Live)
+        {
+            for frame in held {
+                self.write(ctx, frame);
+            }
+        }
     }
 
     fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -95,7 +135,7 @@ impl Session {
         }
     }
 
-    fn handle_text(&self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+    fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
         let frame = match inbound::decode(text) {
             Ok(frame) => frame,
             Err(error) => {
@@ -111,6 +151,17 @@ impl Session {
                 return;
             }
         };
+        let holding = matches!(self.flow, Flow::Holding(_));
+        if holding {
+            if let ClientMessage::Resume { .. } = frame.message {
+                // Keep holding: the replay goes out first.
+                if let Flow::Holding(held) = std::mem::replace(&mut self.flow, Flow::Live) {
+                    self.flow = Flow::Replaying(held);
+                }
+            } else {
+                self.release(ctx);
+            }
+        }
         let Some(user) = &self.user else { return };
         let client_ref = frame.client_ref;
         match frame.message {
@@ -154,8 +205,11 @@ impl Session {
                 thread_id,
                 client_ref,
             }),
-            ClientMessage::Resume { .. } => user.do_send(user::Resume {
+            ClientMessage::Resume { epoch, last_seq } => user.do_send(user::Resume {
                 session_id: self.id,
+                epoch,
+                last_seq,
+                holding,
             }),
         }
     }
@@ -196,6 +250,7 @@ impl Actor for Session {
             user: self.user_id.clone(),
             addr: ctx.address(),
             stats: self.stats.clone(),
+            resume: self.resume_at_connect.take(),
         });
         ctx.run_interval(self.shared.config.heartbeat_interval, |session, ctx| {
             session.heartbeat(ctx)
@@ -252,28 +307,86 @@ impl Handler<Deliver> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        self.stats.handled(msg.0.len());
-        ctx.text(msg.0);
+        match &mut self.flow {
+            Flow::Holding(held) | Flow::Replaying(held) => held.push(msg.0),
+            Flow::Connecting | Flow::Live => self.write(ctx, msg.0),
+        }
     }
 }
 
-/// The first frame, from the user's actor, with the actor's address.
+/// The first frame, from the user's actor, with the actor's address. `resuming` says a
+/// replay (for `?epoch=&last_seq=`) follows at once.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Welcome {
     pub user: Addr<User>,
     pub frame: Frame,
+    pub resuming: bool,
 }
 
 impl Handler<Welcome> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Welcome, ctx: &mut Self::Context) {
-        self.stats.handled(msg.frame.len());
-        ctx.text(msg.frame);
+        self.write(ctx, msg.frame);
         self.user = Some(msg.user);
+        let hold = self.shared.config.resume_hold;
+        self.flow = if msg.resuming {
+            Flow::Replaying(Vec::new())
+        } else if hold.is_zero() {
+            Flow::Live
+        } else {
+            ctx.run_later(hold, |session, ctx| {
+                if matches!(session.flow, Flow::Holding(_)) {
+                    session.release(ctx);
+                }
+            });
+            Flow::Holding(Vec::new())
+        };
         while let Some(text) = self.early_frames.pop_front() {
             self.handle_text(&text, ctx);
         }
+    }
+}
+
+/// The answer to a resume (from the user's actor): the replayed events, then `resumed` or
+/// `resync_required`. Held live frames follow.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Replay {
+    pub frames: Vec<Frame>,
+    pub closing: Frame,
+}
+
+impl Handler<Replay> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Replay, ctx: &mut Self::Context) {
+        for frame in msg.frames {
+            self.write(ctx, frame);
+        }
+        self.write(ctx, msg.closing);
+        self.release(ctx);
+    }
+}
+
+/// Close the socket with this code, after everything queued before it (from the user's
+/// actor or the registry).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CloseSession(pub u16);
+
+impl Handler<CloseSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        self.release(ctx);
+        log::info!(
+            "session:{}: closing with {} ({})",
+            self.id,
+            msg.0,
+            close_code::reason(msg.0)
+        );
+        self.close(ctx, msg.0);
     }
 }

@@ -1,26 +1,36 @@
-//! The user actor: one per connected user, the isolation boundary of agentwire.
+//! The user actor: one per user with a socket (or within its resume window), the isolation
+//! boundary of agentwire.
 //!
 //! Everything a user receives passes through this actor, and only this actor: it numbers the
-//! user's events (`seq` within an `epoch`), encodes each one once, and posts the shared bytes
-//! to each of the user's sessions that wants the event's thread. It also owns the user's live
-//! runs, so `stop_agent` can only ever reach this user's runs. The registry creates it, attaches
-//! and detaches sessions, and retires it; nothing else holds its address except the directory.
+//! user's events (`seq` within an `epoch`), encodes each one once, keeps it in the user's
+//! replay buffer, and posts the shared bytes to each of the user's sessions that wants the
+//! event's thread. Because every frame to a session leaves from this one mailbox, a resume's
+//! replay cannot interleave with live events. It enforces the slow-consumer limit from the
+//! sender side: a session whose backlog is over the limit gets nothing more and is closed
+//! once it has written what it already had, so no socket ever skips a `seq`. It also owns
+//! the user's live runs, so `stop_agent` can only ever reach this user's runs. The registry
+//! creates it, attaches and detaches sessions, and retires it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Published;
+use crate::close_code;
 use crate::config::Config;
 use crate::event::{AgentError, AgentEvent, EventFrame, RunErrorCode, RunMeta};
 use crate::ids::{new_epoch, SessionId, UserId};
 use crate::outbound::{ControlFrame, ErrorCode, Frame};
-use crate::session::{Deliver, Session, Welcome};
+use crate::replay::{ReplayBudget, ReplayBuffer};
+use crate::session::{CloseSession, Deliver, Replay, Session, Welcome};
 use crate::stats::ActorStats;
+
+/// How often the replay buffer drops events past their maximum age.
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
 /// A session attached to this user.
 struct Member {
@@ -29,6 +39,12 @@ struct Member {
     stats: Arc<ActorStats>,
     /// `switch_thread`: when set, only this thread's events go to the session.
     thread: Option<String>,
+    /// The user's `seq` when the session was welcomed: live events start after it.
+    welcome_seq: u64,
+    /// The last event `seq` queued to the session.
+    last_sent_seq: u64,
+    /// Over the backlog limit (or draining): nothing more is queued, a close is on its way.
+    cut_off: bool,
 }
 
 /// A run of this user's that has not ended yet (as far as this actor has seen).
@@ -44,25 +60,36 @@ pub(crate) struct User {
     seq: u64,
     sessions: Vec<Member>,
     runs: HashMap<String, LiveRun>,
+    replay: ReplayBuffer,
     stats: Arc<ActorStats>,
     heartbeat_interval_ms: u64,
+    max_backlog_frames: u64,
+    max_backlog_bytes: u64,
 }
 
 impl User {
-    pub(crate) fn new(id: UserId, config: &Config, stats: Arc<ActorStats>) -> Self {
+    pub(crate) fn new(
+        id: UserId,
+        config: &Config,
+        budget: Arc<ReplayBudget>,
+        stats: Arc<ActorStats>,
+    ) -> Self {
         User {
             id,
             epoch: new_epoch(),
             seq: 0,
             sessions: Vec::new(),
             runs: HashMap::new(),
+            replay: ReplayBuffer::new(config.replay_max_events, config.replay_max_age, budget),
             stats,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+            max_backlog_frames: config.max_session_backlog_frames,
+            max_backlog_bytes: config.max_session_backlog_bytes,
         }
     }
 
-    /// Numbers, encodes once, and fans out one event.
-    fn deliver(&mut self, meta: &RunMeta, event: &AgentEvent, emitted_at: SystemTime) {
+    /// Numbers, encodes once, buffers, and fans out one event.
+    fn deliver(&mut self, meta: &Arc<RunMeta>, event: &AgentEvent, emitted_at: SystemTime) {
         self.seq += 1;
         let frame: Frame = EventFrame {
             seq: self.seq,
@@ -73,38 +100,101 @@ impl User {
         }
         .to_json()
         .into();
-        self.stats.add_bytes(frame.len());
-        for member in &self.sessions {
-            if member.thread.as_deref().is_none_or(|t| t == meta.thread_id) {
-                member.stats.queued();
-                member.addr.do_send(Deliver(frame.clone()));
+        for member in &mut self.sessions {
+            if member.cut_off || !wants(member, meta) {
+                continue;
             }
+            let (frames, bytes) = member.stats.backlog();
+            if frames >= self.max_backlog_frames || bytes >= self.max_backlog_bytes {
+                log::warn!(
+                    "user:{}: session:{} is {frames} frames ({bytes} bytes) behind; \
+                     cutting it off at seq {}",
+                    self.id,
+                    member.id,
+                    member.last_sent_seq
+                );
+                member.cut_off = true;
+                member.addr.do_send(CloseSession(close_code::SLOW_CONSUMER));
+                continue;
+            }
+            member.stats.queued(frame.len());
+            member.last_sent_seq = self.seq;
+            member.addr.do_send(Deliver(frame.clone()));
         }
+        self.replay.push(self.seq, frame, meta.clone());
     }
 
-    fn send_to(&self, session: SessionId, frame: Frame) {
-        if let Some(member) = self.sessions.iter().find(|m| m.id == session) {
-            member.stats.queued();
-            member.addr.do_send(Deliver(frame));
+    fn member(&mut self, session: SessionId) -> Option<&mut Member> {
+        self.sessions.iter_mut().find(|m| m.id == session)
+    }
+
+    /// Answers a resume for `session`: the events after `last_seq` up to `upto` (what the
+    /// session has not been sent), or a resync when that is impossible.
+    fn answer_resume(&self, member: &Member, epoch: &str, last_seq: u64, upto: u64) -> Replay {
+        let resync = || Replay {
+            frames: Vec::new(),
+            closing: ControlFrame::ResyncRequired {
+                epoch: &self.epoch,
+                seq: upto,
+            }
+            .encode(),
+        };
+        if epoch != self.epoch || last_seq > upto {
+            return resync();
+        }
+        let Some(events) = self.replay.range(last_seq, upto) else {
+            return resync();
+        };
+        let frames: Vec<Frame> = events
+            .filter(|e| wants(member, &e.meta))
+            .map(|e| e.frame.clone())
+            .collect();
+        Replay {
+            frames,
+            closing: ControlFrame::Resumed {
+                from_seq: last_seq + 1,
+                to_seq: upto,
+            }
+            .encode(),
         }
     }
 }
 
+/// Posts a replay to a session, counting its frames into the session's backlog.
+fn send_replay(member: &Member, replay: Replay) {
+    for frame in replay.frames.iter().chain([&replay.closing]) {
+        member.stats.queued(frame.len());
+    }
+    member.addr.do_send(replay);
+}
+
+/// Whether a session receives events of this run's thread.
+fn wants(member: &Member, meta: &RunMeta) -> bool {
+    member.thread.as_deref().is_none_or(|t| t == meta.thread_id)
+}
+
 impl Actor for User {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(EXPIRE_EVERY, |user, _| user.replay.expire(Instant::now()));
+    }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         log::debug!("user:{}: stopped at seq {}", self.id, self.seq);
     }
 }
 
-/// Attach a session (from the registry). The user answers with the welcome frame.
+/// Attach a session (from the registry). The user answers with the welcome frame, then,
+/// for a resume requested at connect, the replay.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Attach {
     pub session_id: SessionId,
     pub addr: Addr<Session>,
     pub stats: Arc<ActorStats>,
+    /// `?epoch=&last_seq=` from the upgrade request.
+    pub resume: Option<(String, u64)>,
 }
 
 impl Handler<Attach> for User {
@@ -120,17 +210,28 @@ impl Handler<Attach> for User {
             protocol: crate::outbound::PROTOCOL_VERSION,
         }
         .encode();
-        msg.stats.queued();
-        msg.addr.do_send(Welcome {
-            user: ctx.address(),
-            frame,
-        });
-        self.sessions.push(Member {
+        msg.stats.queued(frame.len());
+        let member = Member {
             id: msg.session_id,
             addr: msg.addr,
             stats: msg.stats,
             thread: None,
+            welcome_seq: self.seq,
+            last_sent_seq: self.seq,
+            cut_off: false,
+        };
+        member.addr.do_send(Welcome {
+            user: ctx.address(),
+            frame,
+            resuming: msg.resume.is_some(),
         });
+        if let Some((epoch, last_seq)) = msg.resume {
+            send_replay(
+                &member,
+                self.answer_resume(&member, &epoch, last_seq, self.seq),
+            );
+        }
+        self.sessions.push(member);
     }
 }
 
@@ -149,7 +250,7 @@ impl Handler<Detach> for User {
     }
 }
 
-/// The user's last socket left (from the registry): stop.
+/// The user's resume window ran out with no socket (from the registry): stop.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Retire;
@@ -162,11 +263,30 @@ impl Handler<Retire> for User {
     }
 }
 
+/// The runtime is shutting down (from the registry): close every socket with 1012 after
+/// what was already queued to it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Drain;
+
+impl Handler<Drain> for User {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, _: &mut Self::Context) {
+        for member in &mut self.sessions {
+            member.cut_off = true;
+            member
+                .addr
+                .do_send(CloseSession(close_code::SERVICE_RESTART));
+        }
+    }
+}
+
 impl Handler<Published> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Published, _: &mut Self::Context) {
-        self.stats.queued();
+        self.stats.queued(0);
         let run_id = &msg.meta.run_id;
         if msg.cancel.is_cancelled() {
             // The client stopped this run and already got its `agent_error` (from this
@@ -206,12 +326,11 @@ impl Handler<StopRun> for User {
         match self.runs.remove(&msg.run_id) {
             Some(run) => {
                 run.cancel.cancel();
-                let meta = run.meta;
                 let event = AgentEvent::Error(AgentError {
                     code: RunErrorCode::Cancelled,
                     message: "stopped by the client".to_owned(),
                 });
-                self.deliver(&meta, &event, SystemTime::now());
+                self.deliver(&run.meta, &event, SystemTime::now());
             }
             None => {
                 let frame = ControlFrame::Error {
@@ -220,7 +339,10 @@ impl Handler<StopRun> for User {
                     client_ref: msg.client_ref.as_ref(),
                 }
                 .encode();
-                self.send_to(msg.session_id, frame);
+                if let Some(member) = self.member(msg.session_id) {
+                    member.stats.queued(frame.len());
+                    member.addr.do_send(Deliver(frame));
+                }
             }
         }
     }
@@ -239,7 +361,7 @@ impl Handler<SwitchThread> for User {
     type Result = ();
 
     fn handle(&mut self, msg: SwitchThread, _: &mut Self::Context) {
-        let Some(member) = self.sessions.iter_mut().find(|m| m.id == msg.session_id) else {
+        let Some(member) = self.member(msg.session_id) else {
             return;
         };
         member.thread = msg.thread_id;
@@ -248,28 +370,55 @@ impl Handler<SwitchThread> for User {
             client_ref: msg.client_ref.as_ref(),
         }
         .encode();
-        member.stats.queued();
+        member.stats.queued(frame.len());
         member.addr.do_send(Deliver(frame));
     }
 }
 
-/// `resume` from one of this user's sessions. Without a replay buffer nothing can be
-/// replayed, so the answer is `resync_required` with the current numbering.
+/// `resume` from one of this user's sessions. `holding` says the session has held back
+/// every live event since its welcome (this is its first client frame), so the replay can
+/// still go out ahead of them.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Resume {
     pub session_id: SessionId,
+    pub epoch: String,
+    pub last_seq: u64,
+    pub holding: bool,
 }
 
 impl Handler<Resume> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, _: &mut Self::Context) {
-        let frame = ControlFrame::ResyncRequired {
-            epoch: &self.epoch,
-            seq: self.seq,
-        }
-        .encode();
-        self.send_to(msg.session_id, frame);
+        let Some(index) = self.sessions.iter().position(|m| m.id == msg.session_id) else {
+            return;
+        };
+        let member = &self.sessions[index];
+        // What this socket has not been sent ahead of its live stream: everything up to its
+        // welcome when it held its live events back, else (nothing live sent yet) the same,
+        // else nothing can be inserted in order any more.
+        let upto = if msg.holding || member.last_sent_seq == member.welcome_seq {
+            member.welcome_seq
+        } else {
+            member.last_sent_seq
+        };
+        let replay = if !msg.holding && member.last_sent_seq != member.welcome_seq {
+            if msg.epoch == self.epoch && msg.last_seq == upto {
+                self.answer_resume(member, &msg.epoch, msg.last_seq, upto)
+            } else {
+                Replay {
+                    frames: Vec::new(),
+                    closing: ControlFrame::ResyncRequired {
+                        epoch: &self.epoch,
+                        seq: upto,
+                    }
+                    .encode(),
+                }
+            }
+        } else {
+            self.answer_resume(member, &msg.epoch, msg.last_seq, upto)
+        };
+        send_replay(member, replay);
     }
 }

@@ -130,6 +130,7 @@ async fn a_silent_client_is_closed_by_the_heartbeat_and_leaves_the_registry() {
     let server = TestServer::start_with(agentwire::Config {
         heartbeat_interval: Duration::from_millis(100),
         client_timeout: Duration::from_millis(500),
+        resume_window: Duration::from_millis(300),
         ..agentwire::Config::default()
     });
     // `silent` never reads again, so it never answers a ping; `lively` keeps reading (the
@@ -156,8 +157,15 @@ async fn a_silent_client_is_closed_by_the_heartbeat_and_leaves_the_registry() {
     });
 
     let snapshot = server.wait_for_sessions(1).await;
-    assert!(!snapshot.users.contains_key("quiet-user"), "{snapshot:?}");
-    assert!(snapshot.users.contains_key("lively-user"));
+    assert_eq!(snapshot.users["lively-user"].sessions.len(), 1);
+    // The quiet user's socket is gone; its actor outlives it for the resume window only.
+    if let Some(quiet) = snapshot.users.get("quiet-user") {
+        assert!(
+            quiet.sessions.is_empty() && quiet.idle_ms.is_some(),
+            "{snapshot:?}"
+        );
+    }
+    server.wait_for_user_gone("quiet-user").await;
 
     let (mut lively, other_frames) = lively_reader.await.unwrap();
     assert!(

@@ -129,7 +129,10 @@ async fn switch_thread_narrows_one_socket_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_tracks_sockets_and_retires_users() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(agentwire::Config {
+        resume_window: std::time::Duration::from_millis(300),
+        ..agentwire::Config::default()
+    });
     let erin1 = server.connect("erin").await;
     let erin2 = server.connect("erin").await;
     let frank = server.connect("frank").await;
@@ -137,17 +140,21 @@ async fn the_registry_tracks_sockets_and_retires_users() {
     assert_eq!(snapshot.users.len(), 2);
     assert_eq!(snapshot.users["erin"].sessions.len(), 2);
     assert_eq!(snapshot.users["frank"].sessions.len(), 1);
+    assert!(snapshot.users["erin"].idle_ms.is_none());
 
     drop(erin1);
     let snapshot = server.wait_for_sessions(2).await;
     assert_eq!(snapshot.users["erin"].sessions.len(), 1);
 
+    // With the last socket gone the user's actor stays for the resume window, then goes.
     drop(erin2);
     let snapshot = server.wait_for_sessions(1).await;
-    assert!(!snapshot.users.contains_key("erin"), "erin's actor retired");
+    assert!(snapshot.users["erin"].sessions.is_empty());
+    assert!(snapshot.users["erin"].idle_ms.is_some());
+    server.wait_for_user_gone("erin").await;
     drop(frank);
-    let snapshot = server.wait_for_sessions(0).await;
-    assert!(snapshot.users.is_empty());
+    server.wait_for_sessions(0).await;
+    server.wait_for_user_gone("frank").await;
 
     // Emitting to a user with no socket is safe and counted.
     let run = server

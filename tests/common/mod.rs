@@ -92,6 +92,24 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Waits until `user` has no actor any more (its resume window ran out).
+    pub async fn wait_for_user_gone(&self, user: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let snapshot = self.runtime.snapshot().await.expect("runtime alive");
+            if !snapshot.users.contains_key(user) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user} still has an actor: {snapshot:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.system.stop();

@@ -1,0 +1,191 @@
+//! A user's replay buffer: the recent encoded events a reconnecting socket can resume from.
+//!
+//! Owned by the user actor. Bounded by count and age (from [`crate::Config`]) and, together
+//! with every other user's buffer, by a global byte budget: a push that takes the total over
+//! the budget makes this buffer drop its own oldest events until the total is back under it.
+//! A resume is answered from here only when the buffer still holds every event it asks for;
+//! otherwise the client must resync.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::event::RunMeta;
+use crate::outbound::Frame;
+
+/// The byte budget shared by all replay buffers of one runtime.
+#[derive(Debug)]
+pub(crate) struct ReplayBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl ReplayBudget {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(ReplayBudget {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes held by all buffers now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// One buffered event.
+pub(crate) struct Buffered {
+    pub seq: u64,
+    pub frame: Frame,
+    pub meta: Arc<RunMeta>,
+    at: Instant,
+}
+
+pub(crate) struct ReplayBuffer {
+    entries: VecDeque<Buffered>,
+    bytes: usize,
+    max_events: usize,
+    max_age: Duration,
+    budget: Arc<ReplayBudget>,
+}
+
+impl ReplayBuffer {
+    pub(crate) fn new(max_events: usize, max_age: Duration, budget: Arc<ReplayBudget>) -> Self {
+        ReplayBuffer {
+            entries: VecDeque::new(),
+            bytes: 0,
+            max_events,
+            max_age,
+            budget,
+        }
+    }
+
+    /// Appends the event numbered `seq` (always one more than the last pushed).
+    pub(crate) fn push(&mut self, seq: u64, frame: Frame, meta: Arc<RunMeta>) {
+        if self.max_events == 0 {
+            return;
+        }
+        let size = frame.len();
+        self.bytes += size;
+        self.budget.used.fetch_add(size, Ordering::Relaxed);
+        self.entries.push_back(Buffered {
+            seq,
+            frame,
+            meta,
+            at: Instant::now(),
+        });
+        while self.entries.len() > self.max_events
+            || (self.budget.used() > self.budget.max && !self.entries.is_empty())
+        {
+            self.pop_oldest();
+        }
+    }
+
+    /// Drops events older than the maximum age.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| now.duration_since(e.at) > self.max_age)
+        {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(entry) = self.entries.pop_front() {
+            self.bytes -= entry.frame.len();
+            self.budget
+                .used
+                .fetch_sub(entry.frame.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Every buffered event with `after < seq <= upto`, or `None` when the buffer no longer
+    /// holds all of them.
+    pub(crate) fn range(&self, after: u64, upto: u64) -> Option<impl Iterator<Item = &Buffered>> {
+        if after >= upto {
+            return Some(self.entries.range(0..0));
+        }
+        let first = self.entries.front()?.seq;
+        let last = self.entries.back()?.seq;
+        if first > after + 1 || last < upto {
+            return None;
+        }
+        let start = (after + 1 - first) as usize;
+        let end = (upto - first + 1) as usize;
+        Some(self.entries.range(start..end))
+    }
+
+    /// Events held now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl Drop for ReplayBuffer {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Arc<RunMeta> {
+        Arc::new(RunMeta {
+            run_id: "r".into(),
+            thread_id: "t".into(),
+            agent_name: "a".into(),
+        })
+    }
+
+    fn seqs(buffer: &ReplayBuffer, after: u64, upto: u64) -> Option<Vec<u64>> {
+        buffer
+            .range(after, upto)
+            .map(|r| r.map(|e| e.seq).collect())
+    }
+
+    #[test]
+    fn ranges_are_exact_or_refused() {
+        let budget = ReplayBudget::new(1 << 20);
+        let mut buffer = ReplayBuffer::new(3, Duration::from_secs(60), budget.clone());
+        for seq in 1..=5 {
+            buffer.push(seq, Frame::from(format!("event {seq}")), meta());
+        }
+        assert_eq!(buffer.len(), 3, "bounded by count");
+        assert_eq!(seqs(&buffer, 2, 5), Some(vec![3, 4, 5]));
+        assert_eq!(seqs(&buffer, 3, 4), Some(vec![4]));
+        assert_eq!(seqs(&buffer, 5, 5), Some(vec![]));
+        assert_eq!(seqs(&buffer, 1, 5), None, "event 2 was evicted");
+        assert_eq!(seqs(&buffer, 2, 6), None, "event 6 does not exist");
+        assert_eq!(budget.used(), 3 * "event 1".len());
+        drop(buffer);
+        assert_eq!(budget.used(), 0, "a dropped buffer returns its bytes");
+    }
+
+    #[test]
+    fn the_global_budget_evicts_the_pushers_oldest() {
+        let budget = ReplayBudget::new(20);
+        let mut a = ReplayBuffer::new(100, Duration::from_secs(60), budget.clone());
+        let mut b = ReplayBuffer::new(100, Duration::from_secs(60), budget.clone());
+        a.push(1, Frame::from("0123456789"), meta());
+        b.push(1, Frame::from("0123456789"), meta());
+        b.push(2, Frame::from("0123456789"), meta());
+        assert!(budget.used() <= 20);
+        assert_eq!((a.len(), b.len()), (1, 1), "b dropped its own oldest");
+    }
+
+    #[test]
+    fn old_events_expire() {
+        let mut buffer =
+            ReplayBuffer::new(10, Duration::from_millis(0), ReplayBudget::new(1 << 20));
+        buffer.push(1, Frame::from("x"), meta());
+        buffer.expire(Instant::now() + Duration::from_millis(5));
+        assert_eq!(buffer.len(), 0);
+    }
+}
