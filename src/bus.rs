@@ -42,6 +42,10 @@ pub(crate) struct Published {
 pub(crate) trait Bus: Send + Sync + 'static {
     /// Sends `event` along `stream` towards its user's actor.
     fn publish(&self, stream: &EmitStream, event: Published);
+
+    /// Whether the stream's user actor has room for more (its mailbox is under the
+    /// configured `max_user_backlog`).
+    fn has_room(&self, stream: &EmitStream) -> bool;
 }
 
 /// A shared bus handle.
@@ -91,13 +95,19 @@ impl Handoff {
 pub(crate) struct LocalBus {
     directory: DirectoryReader,
     registry: Addr<Registry>,
+    max_user_backlog: u64,
 }
 
 impl LocalBus {
-    pub(crate) fn new(directory: DirectoryReader, registry: Addr<Registry>) -> Self {
+    pub(crate) fn new(
+        directory: DirectoryReader,
+        registry: Addr<Registry>,
+        max_user_backlog: u64,
+    ) -> Self {
         LocalBus {
             directory,
             registry,
+            max_user_backlog,
         }
     }
 }
@@ -132,5 +142,13 @@ impl Bus for LocalBus {
             event,
             handoff: via.handoff.clone(),
         });
+    }
+
+    fn has_room(&self, stream: &EmitStream) -> bool {
+        let in_registry = stream.via_registry.lock().as_ref().map_or(0, |via| {
+            via.sent
+                .saturating_sub(via.handoff.handled.load(Ordering::Acquire))
+        });
+        in_registry + self.directory.backlog(&stream.user) < self.max_user_backlog
     }
 }

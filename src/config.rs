@@ -54,6 +54,9 @@ pub struct Config {
     pub max_session_backlog_frames: u64,
     /// The same limit in bytes. Default 8 MiB.
     pub max_session_backlog_bytes: u64,
+    /// How many events may wait in one user actor's mailbox before
+    /// [`crate::AgentRun::ready`] makes emitters wait. Default 10,000.
+    pub max_user_backlog: u64,
     /// How long a new socket holds back live events waiting for the client's first frame,
     /// so that a `resume` sent right after the welcome is answered before any live event.
     /// Zero disables holding (then only `?epoch=&last_seq=` at connect, or a `resume`
@@ -83,6 +86,7 @@ impl Default for Config {
             max_replay_bytes: 256 * 1024 * 1024,
             max_session_backlog_frames: 4_096,
             max_session_backlog_bytes: 8 * 1024 * 1024,
+            max_user_backlog: 10_000,
             resume_hold: Duration::from_secs(1),
             drain_batch_users: 200,
             ws_path: "/ws".to_owned(),
@@ -114,6 +118,9 @@ impl Config {
             return Err(ConfigError(
                 "session backlog limits must be greater than zero",
             ));
+        }
+        if self.max_user_backlog == 0 {
+            return Err(ConfigError("max_user_backlog must be at least 1"));
         }
         if self.drain_batch_users == 0 {
             return Err(ConfigError("drain_batch_users must be at least 1"));

@@ -13,9 +13,16 @@ use actix::Addr;
 use parking_lot::RwLock;
 
 use crate::ids::UserId;
+use crate::stats::ActorStats;
 use crate::user::User;
 
-type Map = Arc<RwLock<HashMap<UserId, Addr<User>>>>;
+/// A published user actor: its address, and its counters (the bus counts what it queues).
+struct Entry {
+    addr: Addr<User>,
+    stats: Arc<ActorStats>,
+}
+
+type Map = Arc<RwLock<HashMap<UserId, Entry>>>;
 
 /// Read access, held by the bus.
 #[derive(Clone)]
@@ -39,18 +46,27 @@ impl DirectoryReader {
     {
         let map = self.0.read();
         match map.get(user) {
-            Some(addr) if addr.connected() => {
-                addr.do_send(message);
+            Some(entry) if entry.addr.connected() => {
+                entry.stats.queued(0);
+                entry.addr.do_send(message);
                 Ok(())
             }
             _ => Err(message),
         }
     }
+
+    /// How many messages wait in the user actor's mailbox (0 when it has none).
+    pub(crate) fn backlog(&self, user: &UserId) -> u64 {
+        self.0
+            .read()
+            .get(user)
+            .map_or(0, |entry| entry.stats.backlog().0)
+    }
 }
 
 impl DirectoryWriter {
-    pub(crate) fn insert(&mut self, user: UserId, addr: Addr<User>) {
-        self.0.write().insert(user, addr);
+    pub(crate) fn insert(&mut self, user: UserId, addr: Addr<User>, stats: Arc<ActorStats>) {
+        self.0.write().insert(user, Entry { addr, stats });
     }
 
     pub(crate) fn remove(&mut self, user: &UserId) {

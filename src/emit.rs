@@ -132,6 +132,16 @@ impl AgentRun {
         self.cancel.cancelled()
     }
 
+    /// Waits while the user's actor has more than `max_user_backlog` events waiting, so a
+    /// producer emitting in a tight loop cannot grow server memory without bound. Emitting
+    /// never blocks; code that emits faster than the user's actor can encode should await
+    /// this every few dozen events. Returns at once when the run was cancelled.
+    pub async fn ready(&self) {
+        while !self.cancel.is_cancelled() && !self.bus.has_room(&self.stream) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     /// Sends `agent_thinking`.
     pub fn thinking(&self, text: impl Into<String>) {
         self.publish(AgentEvent::Thinking(AgentThinking { text: text.into() }));

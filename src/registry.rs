@@ -162,7 +162,8 @@ impl Handler<Connect> for Registry {
                 return;
             }
             let member = self.spawn_user(&msg.user);
-            self.directory.insert(msg.user.clone(), member.addr.clone());
+            self.directory
+                .insert(msg.user.clone(), member.addr.clone(), member.stats.clone());
             self.users.insert(msg.user.clone(), member);
         }
         let Some(member) = self.users.get_mut(&msg.user) else {
@@ -253,6 +254,7 @@ impl Handler<PublishToAbsent> for Registry {
         match self.users.get(&msg.user) {
             // The actor exists (the emitter raced its creation): deliver in order.
             Some(member) => {
+                member.stats.queued(0);
                 member.addr.do_send(msg.event);
                 msg.handoff.record();
             }

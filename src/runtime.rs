@@ -156,7 +156,11 @@ impl RuntimeBuilder {
         let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
             Registry::new(registry_config, writer, budget, user_arbiters)
         });
-        let bus: SharedBus = Arc::new(LocalBus::new(reader, registry.clone()));
+        let bus: SharedBus = Arc::new(LocalBus::new(
+            reader,
+            registry.clone(),
+            config.max_user_backlog,
+        ));
         Ok(Runtime {
             shared: Arc::new(Shared {
                 config,

@@ -286,7 +286,6 @@ impl Handler<Published> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Published, _: &mut Self::Context) {
-        self.stats.queued(0);
         let run_id = &msg.meta.run_id;
         if msg.cancel.is_cancelled() {
             // The client stopped this run and already got its `agent_error` (from this

@@ -75,6 +75,17 @@ impl TestServer {
         Client::connect_subprotocol(&self.ws_url(), &token(user, 3600)).await
     }
 
+    /// Connects as `user`, resuming at connect with `?epoch=&last_seq=`.
+    pub async fn connect_resuming(&self, user: &str, epoch: &str, last_seq: u64) -> Client {
+        let url = format!("{}?epoch={epoch}&last_seq={last_seq}", self.ws_url());
+        Client::connect_subprotocol(&url, &token(user, 3600)).await
+    }
+
+    /// A handle for emitting to `user` from the application side.
+    pub fn user(&self, user: &str) -> agentwire::UserHandle {
+        self.runtime.user(agentwire::UserId::new(user).unwrap())
+    }
+
     /// Waits until the registry reports `sessions` open sockets.
     pub async fn wait_for_sessions(&self, sessions: usize) -> agentwire::RegistrySnapshot {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -217,6 +228,13 @@ impl Client {
         }
     }
 
+    /// Drops the connection with a TCP reset: no close frame, as when a network dies.
+    pub fn abort(self) {
+        if let MaybeTlsStream::Plain(tcp) = self.socket.get_ref() {
+            let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+        }
+    }
+
     /// Waits for the close frame and returns its code; panics on anything but control frames.
     pub async fn expect_close(&mut self) -> u16 {
         loop {
@@ -247,7 +265,8 @@ pub fn seqs(frames: &[Value]) -> Vec<u64> {
 /// - `drop_tool`: a tool call is opened, then run and call are dropped;
 /// - `panic`: a tool call is opened, then the handler panics;
 /// - `wait`: waits (up to 30 s) for `stop_agent`, then returns;
-/// - `fail`: the run fails.
+/// - `fail`: the run fails;
+/// - `pace:N:MS`: N thinking events MS milliseconds apart, then completed.
 pub struct TestAgent;
 
 impl AgentHandler for TestAgent {
@@ -277,6 +296,18 @@ impl AgentHandler for TestAgent {
                 }
             }
             "fail" => run.fail("the test agent fails on purpose"),
+            paced if paced.starts_with("pace:") => {
+                let mut parts = paced
+                    .split(':')
+                    .skip(1)
+                    .map(|n| n.parse::<u64>().unwrap_or(1));
+                let (n, ms) = (parts.next().unwrap_or(1), parts.next().unwrap_or(10));
+                for i in 0..n {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    run.thinking(format!("step {i}"));
+                }
+                run.complete("paced");
+            }
             other => {
                 let n: usize = other
                     .strip_prefix("stream:")

@@ -45,6 +45,12 @@ pub struct ServeArgs {
     /// Close a socket that sent nothing for this long, in milliseconds.
     #[arg(long, env = "AGENTWIRE_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub client_timeout_ms: u64,
+    /// On SIGTERM or SIGINT, how long to spend closing sockets (1012) before exiting.
+    #[arg(long, env = "AGENTWIRE_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// How long a user's numbering and replay buffer outlive their last socket.
+    #[arg(long, env = "AGENTWIRE_RESUME_WINDOW_MS", default_value_t = 120_000)]
+    pub resume_window_ms: u64,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "AGENTWIRE_WORKERS")]
     pub workers: Option<usize>,

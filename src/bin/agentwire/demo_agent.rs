@@ -141,8 +141,10 @@ async fn synthetic_run(ctx: AgentContext, spec: serde_json::Value) {
             if !pause(&run, interval).await {
                 return;
             }
-        } else if n % 256 == 0 {
-            // Flat out, but let the worker's other tasks (and sockets) run.
+        } else if n % 64 == 0 {
+            // Flat out, but never faster than the user's actor keeps up, and letting the
+            // worker's other tasks (and sockets) run.
+            run.ready().await;
             tokio::task::yield_now().await;
             if run.is_cancelled() {
                 return;

@@ -40,6 +40,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
         client_timeout: Duration::from_millis(args.client_timeout_ms),
+        resume_window: Duration::from_millis(args.resume_window_ms),
         ..Config::default()
     };
     let runtime = Runtime::builder(JwtAuthenticator::hs256(jwt_secret.as_bytes()))
@@ -48,7 +49,9 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .start()?;
     let issuer = DemoIssuer::new(jwt_secret.as_bytes());
 
+    let app_runtime = runtime.clone();
     let mut server = HttpServer::new(move || {
+        let runtime = app_runtime.clone();
         App::new()
             .configure(agentwire::routes(runtime.clone()))
             .configure(agentwire::debug_routes(
@@ -60,6 +63,9 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .route("/agentwire.js", web::get().to(client_js))
             .route("/favicon.ico", web::get().to(HttpResponse::NoContent))
     })
+    // Signals are ours: sockets are drained with 1012 before the HTTP server stops.
+    .disable_signals()
+    .shutdown_timeout(1)
     .bind(args.bind)?;
     if let Some(workers) = args.workers {
         server = server.workers(workers);
@@ -67,8 +73,49 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     for addr in server.addrs() {
         println!("agentwire demo listening on http://{addr}");
     }
-    server.run().await?;
+    let server = server.run();
+    let handle = server.handle();
+    let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    actix_web::rt::spawn(async move {
+        let signal = wait_for_signal().await;
+        log::info!("{signal}: draining sockets (at most {drain_timeout:?})");
+        match runtime.shutdown(drain_timeout).await {
+            Ok(report) => log::info!(
+                "drained: {} socket(s) closed, {} still open after {:?}",
+                report.closed,
+                report.still_open,
+                report.took
+            ),
+            Err(error) => log::error!("drain failed: {error}"),
+        }
+        handle.stop(true).await;
+    });
+    server.await?;
     Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM; names the signal.
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use actix_web::rt::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = actix_web::rt::signal::ctrl_c() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            },
+            Err(error) => {
+                log::warn!("cannot listen for SIGTERM: {error}");
+                let _ = actix_web::rt::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_web::rt::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }
 
 async fn index() -> HttpResponse {

@@ -1,0 +1,220 @@
+//! Numbering, replay and resume over real sockets: a blip loses nothing a client can get
+//! back, and a resume that cannot be exact says so with `resync_required`.
+
+mod common;
+
+use std::time::Duration;
+
+use agentwire::Config;
+use common::{seqs, TestServer};
+use serde_json::json;
+
+/// Emits a run of `thinking` events from the application side.
+fn emit(server: &TestServer, user: &str, thoughts: usize) {
+    let run = server.user(user).start_run("t-app", "app");
+    for i in 0..thoughts {
+        run.thinking(format!("app {i}"));
+    }
+    run.complete("app done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_frame_replays_exactly_the_missed_events_before_any_live_one() {
+    let server = TestServer::start();
+    let mut first = server.connect("ana").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    first
+        .send(json!({ "type": "start_agent", "user_request": "stream:5" }))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(first.next().await);
+    }
+    assert_eq!(seqs(&got), [1, 2, 3]);
+    first.abort(); // seq 4..=7 were sent to a dead socket
+
+    // While she is away the application emits more: seq 8..=10.
+    server.wait_for_sessions(0).await;
+    emit(&server, "ana", 1);
+
+    let mut second = server.connect("ana").await;
+    assert_eq!(second.welcome["epoch"], epoch.as_str(), "same numbering");
+    assert_eq!(second.welcome["seq"], 10);
+    // A live event right after the welcome, before the client's first frame: held back.
+    emit(&server, "ana", 0); // seq 11, 12
+    second
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 3 }))
+        .await;
+    let mut replayed = Vec::new();
+    for _ in 4..=10 {
+        replayed.push(second.next().await);
+    }
+    assert_eq!(seqs(&replayed), (4..=10).collect::<Vec<_>>());
+    assert_eq!(
+        replayed[3]["type"], "agent_completed",
+        "seq 7 ended the run"
+    );
+    let resumed = second.expect("resumed").await;
+    assert_eq!(
+        (resumed["from_seq"].as_u64(), resumed["to_seq"].as_u64()),
+        (Some(4), Some(10))
+    );
+    let live = second.collect_run().await;
+    assert_eq!(seqs(&live), [11, 12], "held live events follow, once each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_at_connect_replays_before_the_live_stream() {
+    let server = TestServer::start_with(Config {
+        resume_hold: Duration::ZERO,
+        ..Config::default()
+    });
+    let first = server.connect("ben").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    first.abort();
+    server.wait_for_sessions(0).await;
+    emit(&server, "ben", 3); // seq 1..=5
+
+    let mut second = server.connect_resuming("ben", &epoch, 2).await;
+    assert_eq!(second.welcome["seq"], 5);
+    let frames: Vec<_> = [
+        second.next().await,
+        second.next().await,
+        second.next().await,
+    ]
+    .into();
+    assert_eq!(seqs(&frames), [3, 4, 5]);
+    let resumed = second.expect("resumed").await;
+    assert_eq!(resumed["from_seq"], 3);
+    assert_eq!(resumed["to_seq"], 5);
+
+    // Nothing missed: an empty replay.
+    let third = server.connect_resuming("ben", &epoch, 5).await;
+    let mut third = third;
+    let resumed = third.expect("resumed").await;
+    assert_eq!(
+        (resumed["from_seq"].as_u64(), resumed["to_seq"].as_u64()),
+        (Some(6), Some(5))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_epoch_or_evicted_events_get_resync_required_and_nothing_partial() {
+    let server = TestServer::start_with(Config {
+        replay_max_events: 5,
+        ..Config::default()
+    });
+    let mut first = server.connect("cy").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+
+    // Wrong epoch.
+    first
+        .send(json!({ "type": "resume", "epoch": "0123456789abcdef", "last_seq": 0 }))
+        .await;
+    let resync = first.expect("resync_required").await;
+    assert_eq!(resync["epoch"], epoch.as_str());
+    assert_eq!(resync["seq"], 0);
+
+    // Evicted: 12 events, the buffer keeps 5, the client asks from 2.
+    emit(&server, "cy", 10); // seq 1..=12
+    for _ in 1..=12 {
+        first.next().await;
+    }
+    first.abort();
+    server.wait_for_sessions(0).await;
+    let mut second = server.connect("cy").await;
+    second
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 2 }))
+        .await;
+    let resync = second.expect("resync_required").await;
+    assert_eq!(resync["seq"], 12, "the socket's stream continues after 12");
+    // Still within the buffer: exact.
+    let mut third = server.connect_resuming("cy", &epoch, 9).await;
+    let frames = [third.next().await, third.next().await, third.next().await];
+    assert_eq!(seqs(&frames), [10, 11, 12]);
+    third.expect("resumed").await;
+    // A client claiming more than exists is told to resync too.
+    let mut fourth = server.connect_resuming("cy", &epoch, 99).await;
+    assert_eq!(fourth.expect("resync_required").await["seq"], 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_live_events_reached_the_socket_is_refused_not_reordered() {
+    let server = TestServer::start_with(Config {
+        resume_hold: Duration::ZERO,
+        ..Config::default()
+    });
+    let mut first = server.connect("dee").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    emit(&server, "dee", 1); // seq 1..=3, delivered live
+    for _ in 0..3 {
+        first.next().await;
+    }
+    first
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 1 }))
+        .await;
+    let resync = first.expect("resync_required").await;
+    assert_eq!(resync["seq"], 3);
+    // Claiming exactly what it has is fine.
+    first
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 3 }))
+        .await;
+    assert_eq!(first.expect("resumed").await["to_seq"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_nothing_still_gets_live_events_after_the_hold() {
+    let server = TestServer::start_with(Config {
+        resume_hold: Duration::from_millis(200),
+        ..Config::default()
+    });
+    let mut quiet = server.connect("eve").await;
+    emit(&server, "eve", 2);
+    let frames = quiet.collect_run().await;
+    assert_eq!(seqs(&frames), [1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbering_restarts_with_a_new_epoch_after_the_resume_window() {
+    let server = TestServer::start_with(Config {
+        resume_window: Duration::from_millis(200),
+        ..Config::default()
+    });
+    let first = server.connect("fay").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    emit(&server, "fay", 0);
+    drop(first);
+    server.wait_for_user_gone("fay").await;
+    let mut second = server.connect("fay").await;
+    assert_ne!(second.welcome["epoch"], epoch.as_str(), "a new epoch");
+    assert_eq!(second.welcome["seq"], 0);
+    second
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 2 }))
+        .await;
+    let resync = second.expect("resync_required").await;
+    assert_eq!(resync["epoch"], second.welcome["epoch"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_resume_parameters_are_refused_before_the_upgrade() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::start();
+    for query in [
+        "epoch=abc",
+        "last_seq=3",
+        "epoch=abc&last_seq=-1",
+        "epoch=a%20b&last_seq=1",
+    ] {
+        let url = format!(
+            "{}?{query}&token={}",
+            server.ws_url(),
+            common::token("gus", 60)
+        );
+        match tokio_tungstenite::connect_async(url.into_client_request().unwrap()).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 400, "{query}")
+            }
+            other => panic!("{query}: expected 400, got {:?}", other.map(|_| ())),
+        }
+    }
+}
