@@ -282,3 +282,58 @@ async fn the_debug_tree_needs_the_admin_token_and_matches_the_sockets() {
     assert_eq!(sessions_of("zoe"), 2);
     assert_eq!(sessions_of("yan"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_socket_with_1012_and_exits() {
+    let mut server = DemoServer::start();
+    let mut clients = Vec::new();
+    for user in ["sig-a", "sig-b", "sig-b"] {
+        let mut client = server.connect(user).await;
+        client.send(json!({ "type": "ping" })).await;
+        client.expect("pong").await;
+        clients.push(client);
+    }
+    // A synthetic run in flight: what was sent before the signal arrives in order.
+    clients[0]
+        .send(json!({
+            "type": "start_agent",
+            "user_request": "synthetic",
+            "context": { "synthetic": { "events": 100000, "interval_ms": 1 } }
+        }))
+        .await;
+    let started = clients[0].expect("agent_started").await;
+    clients[0].welcome["seq"] = started["seq"].clone();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for client in &mut clients {
+        let mut last_seq = client.welcome["seq"].as_u64().unwrap();
+        let code = loop {
+            use futures_util::StreamExt;
+            use tokio_tungstenite::tungstenite::Message;
+            match tokio::time::timeout(common::PATIENCE, client.socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if let Some(seq) = frame["seq"].as_u64() {
+                        assert_eq!(seq, last_seq + 1, "no gap before the drain");
+                        last_seq = seq;
+                    }
+                }
+                Ok(Some(Ok(Message::Close(Some(close))))) => break u16::from(close.code),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("expected a close, got {other:?}"),
+            }
+        };
+        assert_eq!(code, agentwire::close_code::SERVICE_RESTART);
+    }
+    let exit = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exit.success(),
+        "agentwire serve exits cleanly after the drain: {exit:?}"
+    );
+}
