@@ -10,8 +10,8 @@ pub const NORMAL: u16 = 1000;
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// The client sent a binary frame or a frame type agentwire does not accept.
 pub const UNSUPPORTED_DATA: u16 = 1003;
-/// The client broke the protocol in a way that cannot be answered with an `error` frame
-/// (for example, flooding the socket before the welcome frame).
+/// The client broke the rules in a way an `error` frame no longer answers: more than
+/// `max_invalid_frames` invalid frames within a minute, or a flood before the welcome.
 pub const POLICY_VIOLATION: u16 = 1008;
 /// A frame was larger than the configured `max_frame_bytes`.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -27,6 +27,12 @@ pub const HEARTBEAT_TIMEOUT: u16 = 4000;
 /// waiting for it. It received every event up to the cut-off, with no gap; reconnect with
 /// `resume` to get the rest.
 pub const SLOW_CONSUMER: u16 = 4001;
+/// The token the socket was opened with expired; reconnect with a fresh token.
+pub const TOKEN_EXPIRED: u16 = 4002;
+/// The user already has `max_sockets_per_user` open sockets; close one first.
+pub const TOO_MANY_SOCKETS: u16 = 4003;
+/// The client kept sending faster than `inbound_rate` after `rate_limited` errors.
+pub const RATE_LIMITED: u16 = 4008;
 
 /// The reason text sent with a close code, for logs and people reading packet captures.
 pub fn reason(code: u16) -> &'static str {
@@ -41,6 +47,9 @@ pub fn reason(code: u16) -> &'static str {
         TRY_AGAIN_LATER => "try again later",
         HEARTBEAT_TIMEOUT => "heartbeat timeout",
         SLOW_CONSUMER => "slow consumer",
+        TOKEN_EXPIRED => "token expired",
+        TOO_MANY_SOCKETS => "too many sockets for this user",
+        RATE_LIMITED => "rate limited",
         _ => "closed",
     }
 }

@@ -31,6 +31,29 @@ pub struct Config {
     /// registration round trip, normally microseconds). Past this the socket is closed with
     /// 1008. Default 16.
     pub max_frames_before_welcome: usize,
+    /// Which browser origins may open sockets (checked at the upgrade; refused with 403).
+    /// Default [`OriginPolicy::SameHost`].
+    pub origins: OriginPolicy,
+    /// Whether binary frames are accepted (as UTF-8 JSON, like text). Default false: a
+    /// binary frame closes the socket with 1003.
+    pub accept_binary: bool,
+    /// Open sockets per user; the next one is closed with 4003 right after the upgrade.
+    /// Default 10.
+    pub max_sockets_per_user: usize,
+    /// Open sockets in total; the next one is closed with 1013. Default 100,000.
+    pub max_sessions: usize,
+    /// Client messages per second per socket (token bucket refill rate). Default 20.
+    pub inbound_rate: u32,
+    /// Token bucket size: messages a socket may send at once. A message over the rate gets a
+    /// `rate_limited` error; `inbound_burst` of them in a row close the socket with 4008.
+    /// Default 40.
+    pub inbound_burst: u32,
+    /// Invalid client frames (bad JSON, unknown type, bad fields, bad UTF-8) tolerated within
+    /// any minute; one more closes the socket with 1008. Default 20.
+    pub max_invalid_frames: usize,
+    /// Client requests (`start_agent`, `user_message`) a user may have running at once; the
+    /// next gets a `too_many_runs` error. Default 8.
+    pub max_runs_per_user: usize,
     /// How many arbiter threads user actors are spread over. Default: one per core.
     pub user_arbiters: usize,
     /// How many recent events each user's replay buffer keeps. Default 1,000.
@@ -76,6 +99,14 @@ impl Default for Config {
             client_timeout: Duration::from_secs(30),
             max_frame_bytes: 64 * 1024,
             max_frames_before_welcome: 16,
+            origins: OriginPolicy::SameHost,
+            accept_binary: false,
+            max_sockets_per_user: 10,
+            max_sessions: 100_000,
+            inbound_rate: 20,
+            inbound_burst: 40,
+            max_invalid_frames: 20,
+            max_runs_per_user: 8,
             user_arbiters: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -111,6 +142,17 @@ impl Config {
         if self.user_arbiters == 0 {
             return Err(ConfigError("user_arbiters must be at least 1"));
         }
+        if self.max_sockets_per_user == 0 || self.max_sessions == 0 {
+            return Err(ConfigError("socket limits must be at least 1"));
+        }
+        if self.inbound_rate == 0 || self.inbound_burst == 0 {
+            return Err(ConfigError(
+                "inbound_rate and inbound_burst must be at least 1",
+            ));
+        }
+        if self.max_runs_per_user == 0 {
+            return Err(ConfigError("max_runs_per_user must be at least 1"));
+        }
         if self.max_users == 0 {
             return Err(ConfigError("max_users must be at least 1"));
         }
@@ -130,6 +172,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Which `Origin` headers may open a socket.
+///
+/// Browsers always send `Origin` on a WebSocket upgrade and let any page open a socket to any
+/// host, with the user's cookies; checking the origin stops a hostile page from using a
+/// logged-in user's browser (cross-site WebSocket hijacking). Requests without `Origin`
+/// (non-browser clients) are allowed under every policy: they must still present a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPolicy {
+    /// The origin's host (and port) must equal the request's `Host` header: the page was
+    /// served by this server. The default.
+    SameHost,
+    /// Only these exact origins, e.g. `https://app.example.com`.
+    AllowList(Vec<String>),
+    /// Any origin (for development, or when a proxy checks origins).
+    Any,
 }
 
 /// A [`Config`] whose settings contradict each other.

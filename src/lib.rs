@@ -21,7 +21,9 @@
 //! Around the tree:
 //!
 //! - [`event`]: the six agent events as types, and the JSON envelope they are encoded into.
-//! - [`inbound`] and [`outbound`]: the client's frames and the server's control frames.
+//! - [`inbound`] and [`outbound`]: the client's frames and the server's control frames;
+//!   `inbound_gate`: the pure state machine every client frame passes first (fragments,
+//!   size, binary policy, UTF-8, rate limit, invalid-frame threshold), fuzzed directly.
 //! - [`close_code`]: the WebSocket close codes, one per kind of failure.
 //! - `emit`: [`UserHandle`], [`AgentRun`] and [`ToolCall`], the scoped handles that are the
 //!   only way to emit; `bus`: the seam every emitted event passes through.
@@ -87,6 +89,7 @@ pub mod event;
 mod handler;
 mod ids;
 pub mod inbound;
+mod inbound_gate;
 mod jwt;
 pub mod outbound;
 mod registry;
@@ -100,7 +103,7 @@ mod user;
 pub use auth::{
     extract_token, AuthError, Authenticator, Identity, PresentedToken, SUBPROTOCOL_PREFIX,
 };
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, OriginPolicy};
 pub use debug::{debug_routes, TreeNode};
 pub use emit::{AgentRun, ToolCall, UserHandle};
 pub use handler::{AgentContext, AgentHandler};

@@ -32,6 +32,12 @@ pub enum ErrorCode {
     NotFound,
     /// The server has no application handler for this request.
     Unsupported,
+    /// A text frame (or assembled message) was not valid UTF-8.
+    BadUtf8,
+    /// More than `inbound_rate` messages per second; this one was not handled.
+    RateLimited,
+    /// The user already has `max_runs_per_user` requests running.
+    TooManyRuns,
 }
 
 /// A control frame sent to one socket.

@@ -45,6 +45,8 @@ pub(crate) struct Registry {
     user_arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     users: HashMap<UserId, Member>,
+    /// Open sockets over all users.
+    sessions: usize,
     draining: bool,
     /// Events for users without an actor (never connected, or past their resume window).
     dropped_for_absent_users: u64,
@@ -64,6 +66,7 @@ impl Registry {
             user_arbiters,
             next_arbiter: 0,
             users: HashMap::new(),
+            sessions: 0,
             draining: false,
             dropped_for_absent_users: 0,
         }
@@ -150,6 +153,25 @@ impl Handler<Connect> for Registry {
             msg.addr.do_send(CloseSession(close_code::SERVICE_RESTART));
             return;
         }
+        if self.sessions >= self.config.max_sessions {
+            log::warn!(
+                "registry: {} sockets open (max_sessions): refusing session:{}",
+                self.sessions,
+                msg.session_id
+            );
+            msg.addr.do_send(CloseSession(close_code::TRY_AGAIN_LATER));
+            return;
+        }
+        let user_sockets = self.users.get(&msg.user).map_or(0, |m| m.sessions.len());
+        if user_sockets >= self.config.max_sockets_per_user {
+            log::info!(
+                "registry: user:{} already has {user_sockets} sockets: refusing session:{}",
+                msg.user,
+                msg.session_id
+            );
+            msg.addr.do_send(CloseSession(close_code::TOO_MANY_SOCKETS));
+            return;
+        }
         if !self.users.contains_key(&msg.user) {
             if self.users.len() >= self.config.max_users && !self.make_room() {
                 log::warn!(
@@ -171,6 +193,7 @@ impl Handler<Connect> for Registry {
         };
         member.idle_since = None;
         member.sessions.insert(msg.session_id, msg.stats.clone());
+        self.sessions += 1;
         member.addr.do_send(Attach {
             session_id: msg.session_id,
             addr: msg.addr,
@@ -205,6 +228,7 @@ impl Handler<Disconnect> for Registry {
         if member.sessions.remove(&msg.session_id).is_none() {
             return;
         }
+        self.sessions -= 1;
         member.addr.do_send(Detach {
             session_id: msg.session_id,
         });

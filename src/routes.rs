@@ -3,8 +3,8 @@
 //! [`routes`] registers the WebSocket endpoint and the [`Runtime`] as `web::Data`, so the
 //! app's own handlers can take `web::Data<Runtime>` and emit. The endpoint reads the token
 //! (see [`crate::auth::extract_token`]), answers 401 without detail when it is missing or
-//! invalid, 503 while the runtime drains, 400 for a malformed `?epoch=&last_seq=`, and only
-//! then upgrades.
+//! invalid, 403 for an origin the policy refuses, 503 while the runtime drains, 400 for a
+//! malformed `?epoch=&last_seq=`, and only then upgrades.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -12,9 +12,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::atomic::Ordering;
 
 use crate::auth::extract_token;
+use crate::config::OriginPolicy;
 use crate::inbound::MAX_ID_BYTES;
 use crate::runtime::Runtime;
-use crate::session;
+use crate::session::{self, SessionStart};
 
 /// Mounts the WebSocket endpoint (`config.ws_path`, default `/ws`) and shares the runtime as
 /// `web::Data<Runtime>`.
@@ -53,6 +54,13 @@ async fn ws_endpoint(
             .insert_header((header::RETRY_AFTER, "1"))
             .body("draining"));
     }
+    if !origin_allowed(&req, &shared.config.origins) {
+        log::info!(
+            "ws: upgrade from origin {:?} refused",
+            req.headers().get(header::ORIGIN)
+        );
+        return Ok(HttpResponse::Forbidden().body("origin not allowed"));
+    }
     let resume = match resume_at_connect(&req) {
         Ok(resume) => resume,
         Err(problem) => return Ok(HttpResponse::BadRequest().body(problem)),
@@ -72,10 +80,35 @@ async fn ws_endpoint(
         &req,
         payload,
         shared.clone(),
-        identity.user_id,
-        presented.subprotocol.as_deref(),
-        resume,
+        SessionStart {
+            user_id: identity.user_id,
+            token_expires_at: identity.expires_at,
+            subprotocol: presented.subprotocol,
+            resume_at_connect: resume,
+        },
     )
+}
+
+/// Applies the origin policy. Requests without `Origin` (non-browser clients) pass.
+fn origin_allowed(req: &HttpRequest, policy: &OriginPolicy) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    match policy {
+        OriginPolicy::Any => true,
+        OriginPolicy::AllowList(allowed) => allowed.iter().any(|a| a == origin),
+        OriginPolicy::SameHost => {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+            matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+        }
+    }
 }
 
 /// `?epoch=E&last_seq=N` on the upgrade request: resume as part of connecting. Both or

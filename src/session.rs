@@ -13,19 +13,20 @@
 //! written at once. So a replay never interleaves with, or duplicates, a live event.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Handler, Message, StreamHandler};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use bytestring::ByteString;
 
 use crate::close_code;
 use crate::emit::UserHandle;
 use crate::handler::{AgentContext, HandlerRequest};
 use crate::ids::{random_id, SessionId, UserId};
-use crate::inbound::{self, ClientMessage};
+use crate::inbound::{ClientFrame, ClientMessage};
+use crate::inbound_gate::{GateLimits, InboundGate, RawFrame, Verdict};
 use crate::outbound::{ControlFrame, ErrorCode, Frame};
 use crate::registry::{Connect, Disconnect};
 use crate::runtime::Shared;
@@ -45,19 +46,43 @@ enum Flow {
     Live,
 }
 
+/// The longest single timer a session arms for token expiry; longer waits re-arm.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Stands for the bytes of a text frame actix refused as invalid UTF-8 before we saw them.
+const INVALID_UTF8: &[u8] = &[0xFF];
+
+/// What a session knows of its user's actor once welcomed.
+struct UserLink {
+    addr: Addr<User>,
+    /// Client requests of this user now running in handler tasks (all sockets share it).
+    running_requests: Arc<AtomicUsize>,
+}
+
 pub(crate) struct Session {
     id: SessionId,
     user_id: UserId,
     shared: Arc<Shared>,
     /// The user's actor, known once the welcome frame arrived.
-    user: Option<Addr<User>>,
+    user: Option<UserLink>,
     flow: Flow,
     /// `?epoch=&last_seq=` from the upgrade request, handed to the registry on connect.
     resume_at_connect: Option<(String, u64)>,
-    /// Client frames that arrived before the welcome, handled right after it.
-    early_frames: VecDeque<ByteString>,
+    /// When the token the socket was opened with expires.
+    token_expires_at: Option<SystemTime>,
+    gate: InboundGate,
+    /// Client messages that arrived before the welcome, handled right after it.
+    early_messages: VecDeque<ClientFrame>,
     last_heard: Instant,
     stats: Arc<ActorStats>,
+}
+
+/// Who the socket belongs to, from the authenticator, and what the upgrade asked for.
+pub(crate) struct SessionStart {
+    pub user_id: UserId,
+    pub token_expires_at: Option<SystemTime>,
+    pub subprotocol: Option<String>,
+    pub resume_at_connect: Option<(String, u64)>,
 }
 
 /// Performs the WebSocket upgrade for an authenticated request and starts its session.
@@ -66,23 +91,24 @@ pub(crate) fn upgrade(
     req: &HttpRequest,
     payload: web::Payload,
     shared: Arc<Shared>,
-    user_id: UserId,
-    subprotocol: Option<&str>,
-    resume_at_connect: Option<(String, u64)>,
+    start: SessionStart,
 ) -> Result<HttpResponse, actix_web::Error> {
     let max_frame = shared.config.max_frame_bytes;
+    let now = Instant::now();
     let session = Session {
         id: shared.next_session_id(),
-        user_id,
+        user_id: start.user_id,
+        gate: InboundGate::new(GateLimits::from(&*shared.config), now),
         shared,
         user: None,
         flow: Flow::Connecting,
-        resume_at_connect,
-        early_frames: VecDeque::new(),
-        last_heard: Instant::now(),
+        resume_at_connect: start.resume_at_connect,
+        token_expires_at: start.token_expires_at,
+        early_messages: VecDeque::new(),
+        last_heard: now,
         stats: Arc::new(ActorStats::default()),
     };
-    let offered: Vec<&str> = subprotocol.into_iter().collect();
+    let offered: Vec<&str> = start.subprotocol.as_deref().into_iter().collect();
     ws::WsResponseBuilder::new(session, req, payload)
         .frame_size(max_frame)
         .protocols(&offered)
@@ -135,10 +161,19 @@ impl Session {
         }
     }
 
-    fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        let frame = match inbound::decode(text) {
-            Ok(frame) => frame,
-            Err(error) => {
+    /// Runs a client data frame through the gate and acts on the verdict.
+    fn on_frame(&mut self, frame: RawFrame<'_>, ctx: &mut ws::WebsocketContext<Self>) {
+        match self.gate.accept(frame, Instant::now()) {
+            Verdict::Message(message) if self.user.is_some() => self.handle_message(message, ctx),
+            Verdict::Message(message) => {
+                if self.early_messages.len() < self.shared.config.max_frames_before_welcome {
+                    self.early_messages.push_back(message);
+                } else {
+                    log::info!("session:{}: flooded before its welcome; closing", self.id);
+                    self.close(ctx, close_code::POLICY_VIOLATION);
+                }
+            }
+            Verdict::Reject(error) => {
                 log::debug!("session:{}: refused a frame: {}", self.id, error.message);
                 self.send_control(
                     ctx,
@@ -148,9 +183,21 @@ impl Session {
                         client_ref: error.client_ref.as_ref(),
                     },
                 );
-                return;
             }
-        };
+            Verdict::Close(code) => {
+                log::info!(
+                    "session:{}: user:{} closed with {code} ({})",
+                    self.id,
+                    self.user_id,
+                    close_code::reason(code)
+                );
+                self.close(ctx, code);
+            }
+            Verdict::Pending => {}
+        }
+    }
+
+    fn handle_message(&mut self, frame: ClientFrame, ctx: &mut ws::WebsocketContext<Self>) {
         let holding = matches!(self.flow, Flow::Holding(_));
         if holding {
             if let ClientMessage::Resume { .. } = frame.message {
@@ -163,6 +210,7 @@ impl Session {
             }
         }
         let Some(user) = &self.user else { return };
+        let user = user.addr.clone();
         let client_ref = frame.client_ref;
         match frame.message {
             ClientMessage::Ping => self.send_control(
@@ -214,6 +262,28 @@ impl Session {
         }
     }
 
+    /// Closes the socket with 4002 when its token expires.
+    fn schedule_token_expiry(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(expires_at) = self.token_expires_at else {
+            return;
+        };
+        let left = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        ctx.run_later(left.min(MAX_TIMER), move |session, ctx| {
+            if left > MAX_TIMER {
+                session.schedule_token_expiry(ctx);
+            } else {
+                log::info!(
+                    "session:{}: token of user:{} expired",
+                    session.id,
+                    session.user_id
+                );
+                session.close(ctx, close_code::TOKEN_EXPIRED);
+            }
+        });
+    }
+
     fn dispatch(
         &self,
         ctx: &mut ws::WebsocketContext<Self>,
@@ -233,10 +303,32 @@ impl Session {
             );
             return;
         };
+        let Some(link) = &self.user else { return };
+        let max_runs = self.shared.config.max_runs_per_user;
+        let running = link.running_requests.clone();
+        if running.fetch_add(1, Ordering::AcqRel) >= max_runs {
+            running.fetch_sub(1, Ordering::AcqRel);
+            let message = format!("at most {max_runs} requests may run at once");
+            self.send_control(
+                ctx,
+                &ControlFrame::Error {
+                    code: ErrorCode::TooManyRuns,
+                    message: &message,
+                    client_ref: client_ref.as_ref(),
+                },
+            );
+            return;
+        }
         let user = UserHandle::new(self.user_id.clone(), self.shared.bus.clone());
         let context = AgentContext::new(user, self.id, thread_id, user_request, client_ref);
-        // Detached from this actor: the run outlives a socket blip.
-        actix_web::rt::spawn(handler.dispatch(context, request));
+        let work = handler.dispatch(context, request);
+        // Detached from this actor: the run outlives a socket blip. The guard releases the
+        // user's request slot however the task ends.
+        let slot = RequestSlot(running);
+        actix_web::rt::spawn(async move {
+            let _slot = slot;
+            work.await;
+        });
     }
 }
 
@@ -255,6 +347,7 @@ impl Actor for Session {
         ctx.run_interval(self.shared.config.heartbeat_interval, |session, ctx| {
             session.heartbeat(ctx)
         });
+        self.schedule_token_expiry(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -270,18 +363,16 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match item {
-            Ok(ws::Message::Text(text)) => {
-                if self.user.is_some() {
-                    self.handle_text(&text, ctx);
-                } else if self.early_frames.len() < self.shared.config.max_frames_before_welcome {
-                    self.early_frames.push_back(text);
-                } else {
-                    log::info!("session:{}: flooded before its welcome; closing", self.id);
-                    self.close(ctx, close_code::POLICY_VIOLATION);
-                }
-            }
-            Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => {
-                self.close(ctx, close_code::UNSUPPORTED_DATA)
+            Ok(ws::Message::Text(text)) => self.on_frame(RawFrame::Text(text.as_bytes()), ctx),
+            Ok(ws::Message::Binary(bytes)) => self.on_frame(RawFrame::Binary(&bytes), ctx),
+            Ok(ws::Message::Continuation(item)) => {
+                let frame = match &item {
+                    actix_http::ws::Item::FirstText(bytes) => RawFrame::FirstText(bytes),
+                    actix_http::ws::Item::FirstBinary(bytes) => RawFrame::FirstBinary(bytes),
+                    actix_http::ws::Item::Continue(bytes) => RawFrame::Continue(bytes),
+                    actix_http::ws::Item::Last(bytes) => RawFrame::Last(bytes),
+                };
+                self.on_frame(frame, ctx);
             }
             Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
@@ -290,11 +381,25 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                 ctx.stop();
             }
             Err(ws::ProtocolError::Overflow) => self.close(ctx, close_code::MESSAGE_TOO_BIG),
+            // actix refuses a text frame that is not UTF-8 before we see its bytes; the
+            // gate judges it like any invalid frame (an `error`, until the threshold).
+            Err(ws::ProtocolError::Io(error)) if error.to_string().contains("utf-8") => {
+                self.on_frame(RawFrame::Text(INVALID_UTF8), ctx)
+            }
             Err(error) => {
                 log::debug!("session:{}: protocol error: {error}", self.id);
                 self.close(ctx, close_code::PROTOCOL_ERROR);
             }
         }
+    }
+}
+
+/// Releases one of the user's request slots when a handler task ends (or is dropped).
+struct RequestSlot(Arc<AtomicUsize>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -320,6 +425,7 @@ impl Handler<Deliver> for Session {
 #[rtype(result = "()")]
 pub(crate) struct Welcome {
     pub user: Addr<User>,
+    pub running_requests: Arc<AtomicUsize>,
     pub frame: Frame,
     pub resuming: bool,
 }
@@ -329,7 +435,10 @@ impl Handler<Welcome> for Session {
 
     fn handle(&mut self, msg: Welcome, ctx: &mut Self::Context) {
         self.write(ctx, msg.frame);
-        self.user = Some(msg.user);
+        self.user = Some(UserLink {
+            addr: msg.user,
+            running_requests: msg.running_requests,
+        });
         let hold = self.shared.config.resume_hold;
         self.flow = if msg.resuming {
             Flow::Replaying(Vec::new())
@@ -343,8 +452,8 @@ impl Handler<Welcome> for Session {
             });
             Flow::Holding(Vec::new())
         };
-        while let Some(text) = self.early_frames.pop_front() {
-            self.handle_text(&text, ctx);
+        while let Some(message) = self.early_messages.pop_front() {
+            self.handle_message(message, ctx);
         }
     }
 }

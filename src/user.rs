@@ -12,6 +12,7 @@
 //! creates it, attaches and detaches sessions, and retires it.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,6 +66,8 @@ pub(crate) struct User {
     heartbeat_interval_ms: u64,
     max_backlog_frames: u64,
     max_backlog_bytes: u64,
+    /// Client requests of this user running in handler tasks, shared with every session.
+    running_requests: Arc<AtomicUsize>,
 }
 
 impl User {
@@ -85,6 +88,7 @@ impl User {
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             max_backlog_frames: config.max_session_backlog_frames,
             max_backlog_bytes: config.max_session_backlog_bytes,
+            running_requests: Arc::default(),
         }
     }
 
@@ -222,6 +226,7 @@ impl Handler<Attach> for User {
         };
         member.addr.do_send(Welcome {
             user: ctx.address(),
+            running_requests: self.running_requests.clone(),
             frame,
             resuming: msg.resume.is_some(),
         });
