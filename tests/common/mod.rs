@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -228,6 +230,15 @@ impl Client {
         }
     }
 
+    /// Sends one raw WebSocket frame (fragments, invalid UTF-8, binary).
+    pub async fn send_frame(&mut self, opcode: Data, payload: &[u8], is_final: bool) {
+        let frame = Frame::message(payload.to_vec(), OpCode::Data(opcode), is_final);
+        self.socket
+            .send(Message::Frame(frame))
+            .await
+            .expect("send frame");
+    }
+
     /// Drops the connection with a TCP reset: no close frame, as when a network dies.
     pub fn abort(self) {
         if let MaybeTlsStream::Plain(tcp) = self.socket.get_ref() {
@@ -318,6 +329,34 @@ impl AgentHandler for TestAgent {
                 }
                 run.complete("streamed");
             }
+        }
+    }
+}
+
+/// Connects and returns the socket without expecting a welcome (for refusals right after
+/// the upgrade).
+pub async fn connect_raw(url: &str, user: &str) -> Socket {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_str(&format!("jwt.{}", token(user, 3600))).unwrap(),
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade accepted")
+        .0
+}
+
+/// The close code the server sends first on `socket`, skipping nothing but pings.
+pub async fn first_close_code(socket: &mut Socket) -> u16 {
+    loop {
+        match tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("a frame within the patience window")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
         }
     }
 }
