@@ -89,6 +89,8 @@ pub mod event;
 mod handler;
 mod ids;
 pub mod inbound;
+#[cfg(test)]
+mod inbound_fuzz;
 mod inbound_gate;
 mod jwt;
 pub mod outbound;

@@ -34,7 +34,8 @@ struct Member {
     sessions: HashMap<SessionId, Arc<ActorStats>>,
     /// Since when the user has had no socket (its resume window is running).
     idle_since: Option<Instant>,
-    /// Bumped whenever the user goes idle, so a stale expiry timer does nothing.
+    /// Which idle period the running expiry timer belongs to (from the registry's counter,
+    /// unique for the registry's lifetime), so a stale timer does nothing.
     idle_generation: u64,
 }
 
@@ -48,6 +49,8 @@ pub(crate) struct Registry {
     /// Open sockets over all users.
     sessions: usize,
     draining: bool,
+    /// Source of unique idle generations.
+    idle_generations: u64,
     /// Events for users without an actor (never connected, or past their resume window).
     dropped_for_absent_users: u64,
 }
@@ -68,6 +71,7 @@ impl Registry {
             users: HashMap::new(),
             sessions: 0,
             draining: false,
+            idle_generations: 0,
             dropped_for_absent_users: 0,
         }
     }
@@ -245,9 +249,10 @@ impl Handler<Disconnect> for Registry {
             self.retire(&msg.user, "last socket left");
             return;
         }
+        self.idle_generations += 1;
+        let generation = self.idle_generations;
         member.idle_since = Some(Instant::now());
-        member.idle_generation += 1;
-        let generation = member.idle_generation;
+        member.idle_generation = generation;
         let user = msg.user;
         ctx.run_later(self.config.resume_window, move |registry, _| {
             let expired = registry

@@ -101,14 +101,43 @@ fn origin_allowed(req: &HttpRequest, policy: &OriginPolicy) -> bool {
         OriginPolicy::Any => true,
         OriginPolicy::AllowList(allowed) => allowed.iter().any(|a| a == origin),
         OriginPolicy::SameHost => {
-            let host = req
+            let Some((scheme, origin_authority)) = origin.split_once("://") else {
+                return false;
+            };
+            let Some(host) = req
                 .headers()
                 .get(header::HOST)
-                .and_then(|h| h.to_str().ok());
-            let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-            matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+                .and_then(|h| h.to_str().ok())
+            else {
+                return false;
+            };
+            same_authority(scheme, origin_authority, host)
         }
     }
+}
+
+/// Whether an origin's `host[:port]` names the same host and port as the `Host` header,
+/// with the scheme's default port filled in where either leaves it out.
+fn same_authority(scheme: &str, origin: &str, host: &str) -> bool {
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" | "wss" => "443",
+        _ => "80",
+    };
+    let split = |authority: &str| -> (String, String) {
+        // `[::1]:8080` keeps its brackets; the port is what follows the last `:` after them.
+        let host_end = authority.rfind(']').map_or(0, |i| i + 1);
+        match authority[host_end..].rfind(':') {
+            Some(i) => {
+                let at = host_end + i;
+                (
+                    authority[..at].to_ascii_lowercase(),
+                    authority[at + 1..].to_owned(),
+                )
+            }
+            None => (authority.to_ascii_lowercase(), default_port.to_owned()),
+        }
+    };
+    split(origin) == split(host)
 }
 
 /// `?epoch=E&last_seq=N` on the upgrade request: resume as part of connecting. Both or
@@ -142,4 +171,20 @@ fn unauthorized() -> HttpResponse {
     HttpResponse::Unauthorized()
         .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
         .body("unauthorized")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_authority;
+
+    #[test]
+    fn default_ports_and_case_do_not_matter() {
+        assert!(same_authority("https", "App.Example", "app.example:443"));
+        assert!(same_authority("http", "app.example:80", "app.example"));
+        assert!(same_authority("http", "127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(same_authority("http", "[::1]:8080", "[::1]:8080"));
+        assert!(!same_authority("https", "app.example", "app.example:80"));
+        assert!(!same_authority("http", "evil.example", "app.example"));
+        assert!(!same_authority("http", "127.0.0.1:8081", "127.0.0.1:8080"));
+    }
 }

@@ -71,8 +71,9 @@ pub(crate) struct Session {
     /// When the token the socket was opened with expires.
     token_expires_at: Option<SystemTime>,
     gate: InboundGate,
-    /// Client messages that arrived before the welcome, handled right after it.
-    early_messages: VecDeque<ClientFrame>,
+    /// Verdicts on client frames that arrived before the welcome (messages to handle, errors
+    /// to answer), acted on right after it, so the welcome is always the first frame.
+    early: VecDeque<Verdict>,
     last_heard: Instant,
     stats: Arc<ActorStats>,
 }
@@ -104,7 +105,7 @@ pub(crate) fn upgrade(
         flow: Flow::Connecting,
         resume_at_connect: start.resume_at_connect,
         token_expires_at: start.token_expires_at,
-        early_messages: VecDeque::new(),
+        early: VecDeque::new(),
         last_heard: now,
         stats: Arc::new(ActorStats::default()),
     };
@@ -163,16 +164,22 @@ impl Session {
 
     /// Runs a client data frame through the gate and acts on the verdict.
     fn on_frame(&mut self, frame: RawFrame<'_>, ctx: &mut ws::WebsocketContext<Self>) {
-        match self.gate.accept(frame, Instant::now()) {
-            Verdict::Message(message) if self.user.is_some() => self.handle_message(message, ctx),
-            Verdict::Message(message) => {
-                if self.early_messages.len() < self.shared.config.max_frames_before_welcome {
-                    self.early_messages.push_back(message);
-                } else {
-                    log::info!("session:{}: flooded before its welcome; closing", self.id);
-                    self.close(ctx, close_code::POLICY_VIOLATION);
-                }
+        let verdict = self.gate.accept(frame, Instant::now());
+        if self.user.is_none() && matches!(verdict, Verdict::Message(_) | Verdict::Reject(_)) {
+            if self.early.len() < self.shared.config.max_frames_before_welcome {
+                self.early.push_back(verdict);
+            } else {
+                log::info!("session:{}: flooded before its welcome; closing", self.id);
+                self.close(ctx, close_code::POLICY_VIOLATION);
             }
+            return;
+        }
+        self.act_on(verdict, ctx);
+    }
+
+    fn act_on(&mut self, verdict: Verdict, ctx: &mut ws::WebsocketContext<Self>) {
+        match verdict {
+            Verdict::Message(message) => self.handle_message(message, ctx),
             Verdict::Reject(error) => {
                 log::debug!("session:{}: refused a frame: {}", self.id, error.message);
                 self.send_control(
@@ -452,8 +459,8 @@ impl Handler<Welcome> for Session {
             });
             Flow::Holding(Vec::new())
         };
-        while let Some(message) = self.early_messages.pop_front() {
-            self.handle_message(message, ctx);
+        while let Some(verdict) = self.early.pop_front() {
+            self.act_on(verdict, ctx);
         }
     }
 }

@@ -46,6 +46,8 @@ struct Member {
     last_sent_seq: u64,
     /// Over the backlog limit (or draining): nothing more is queued, a close is on its way.
     cut_off: bool,
+    /// A resume was answered on this socket; later ones get no second replay.
+    resumed: bool,
 }
 
 /// A run of this user's that has not ended yet (as far as this actor has seen).
@@ -92,8 +94,13 @@ impl User {
         }
     }
 
-    /// Numbers, encodes once, buffers, and fans out one event.
-    fn deliver(&mut self, meta: &Arc<RunMeta>, event: &AgentEvent, emitted_at: SystemTime) {
+    /// Numbers, encodes once, buffers, and fans out one event; returns the encoded size.
+    fn deliver(
+        &mut self,
+        meta: &Arc<RunMeta>,
+        event: &AgentEvent,
+        emitted_at: SystemTime,
+    ) -> usize {
         self.seq += 1;
         let frame: Frame = EventFrame {
             seq: self.seq,
@@ -108,28 +115,44 @@ impl User {
             if member.cut_off || !wants(member, meta) {
                 continue;
             }
-            let (frames, bytes) = member.stats.backlog();
-            if frames >= self.max_backlog_frames || bytes >= self.max_backlog_bytes {
-                log::warn!(
-                    "user:{}: session:{} is {frames} frames ({bytes} bytes) behind; \
-                     cutting it off at seq {}",
-                    self.id,
-                    member.id,
-                    member.last_sent_seq
-                );
-                member.cut_off = true;
-                member.addr.do_send(CloseSession(close_code::SLOW_CONSUMER));
+            if over_backlog(member, 1, self.max_backlog_frames, self.max_backlog_bytes) {
+                cut_off(&self.id, member);
                 continue;
             }
             member.stats.queued(frame.len());
             member.last_sent_seq = self.seq;
             member.addr.do_send(Deliver(frame.clone()));
         }
+        let size = frame.len();
         self.replay.push(self.seq, frame, meta.clone());
+        size
     }
 
     fn member(&mut self, session: SessionId) -> Option<&mut Member> {
         self.sessions.iter_mut().find(|m| m.id == session)
+    }
+
+    /// Posts a replay to a session, counting its frames into the session's backlog; a
+    /// replay that would put the session over its backlog limit cuts it off instead.
+    fn send_replay(&mut self, session: SessionId, replay: Replay) {
+        let (max_frames, max_bytes) = (self.max_backlog_frames, self.max_backlog_bytes);
+        let user = self.id.clone();
+        let Some(member) = self.member(session) else {
+            return;
+        };
+        if member.cut_off {
+            return;
+        }
+        member.resumed = true;
+        let extra = replay.frames.len() as u64 + 1;
+        if over_backlog(member, extra, max_frames, max_bytes) {
+            cut_off(&user, member);
+            return;
+        }
+        for frame in replay.frames.iter().chain([&replay.closing]) {
+            member.stats.queued(frame.len());
+        }
+        member.addr.do_send(replay);
     }
 
     /// Answers a resume for `session`: the events after `last_seq` up to `upto` (what the
@@ -164,12 +187,23 @@ impl User {
     }
 }
 
-/// Posts a replay to a session, counting its frames into the session's backlog.
-fn send_replay(member: &Member, replay: Replay) {
-    for frame in replay.frames.iter().chain([&replay.closing]) {
-        member.stats.queued(frame.len());
-    }
-    member.addr.do_send(replay);
+/// True when queuing `extra` more frames would put the session over a backlog limit.
+fn over_backlog(member: &Member, extra: u64, max_frames: u64, max_bytes: u64) -> bool {
+    let (frames, bytes) = member.stats.backlog();
+    frames + extra > max_frames || bytes >= max_bytes
+}
+
+/// Stops queuing to a session that stopped reading and closes it after what it has.
+fn cut_off(user: &UserId, member: &mut Member) {
+    let (frames, bytes) = member.stats.backlog();
+    log::warn!(
+        "user:{user}: session:{} is {frames} frames ({bytes} bytes) behind; \
+         cutting it off at seq {}",
+        member.id,
+        member.last_sent_seq
+    );
+    member.cut_off = true;
+    member.addr.do_send(CloseSession(close_code::SLOW_CONSUMER));
 }
 
 /// Whether a session receives events of this run's thread.
@@ -223,6 +257,7 @@ impl Handler<Attach> for User {
             welcome_seq: self.seq,
             last_sent_seq: self.seq,
             cut_off: false,
+            resumed: false,
         };
         member.addr.do_send(Welcome {
             user: ctx.address(),
@@ -230,13 +265,13 @@ impl Handler<Attach> for User {
             frame,
             resuming: msg.resume.is_some(),
         });
-        if let Some((epoch, last_seq)) = msg.resume {
-            send_replay(
-                &member,
-                self.answer_resume(&member, &epoch, last_seq, self.seq),
-            );
-        }
+        let replay = msg
+            .resume
+            .map(|(epoch, last_seq)| self.answer_resume(&member, &epoch, last_seq, self.seq));
         self.sessions.push(member);
+        if let Some(replay) = replay {
+            self.send_replay(msg.session_id, replay);
+        }
     }
 }
 
@@ -292,6 +327,7 @@ impl Handler<Published> for User {
 
     fn handle(&mut self, msg: Published, _: &mut Self::Context) {
         let run_id = &msg.meta.run_id;
+        let mut encoded = 0;
         if msg.cancel.is_cancelled() {
             // The client stopped this run and already got its `agent_error` (from this
             // actor, or from the one before it): nothing of the run may follow.
@@ -308,9 +344,9 @@ impl Handler<Published> for User {
                     },
                 );
             }
-            self.deliver(&msg.meta, &msg.event, msg.emitted_at);
+            encoded = self.deliver(&msg.meta, &msg.event, msg.emitted_at);
         }
-        self.stats.handled(0);
+        self.stats.handled(encoded);
     }
 }
 
@@ -395,34 +431,35 @@ impl Handler<Resume> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, _: &mut Self::Context) {
-        let Some(index) = self.sessions.iter().position(|m| m.id == msg.session_id) else {
+        let Some(member) = self.sessions.iter().find(|m| m.id == msg.session_id) else {
             return;
         };
-        let member = &self.sessions[index];
-        // What this socket has not been sent ahead of its live stream: everything up to its
-        // welcome when it held its live events back, else (nothing live sent yet) the same,
-        // else nothing can be inserted in order any more.
-        let upto = if msg.holding || member.last_sent_seq == member.welcome_seq {
-            member.welcome_seq
+        // A replay can only go out ahead of the socket's live stream: when the socket still
+        // holds its live frames back (this is its first client frame), or when nothing live
+        // was queued to it yet, and only once per socket. Otherwise the answer is `resumed`
+        // when the client already has everything it was sent, else `resync_required`.
+        let can_replay =
+            (msg.holding || member.last_sent_seq == member.welcome_seq) && !member.resumed;
+        let replay = if can_replay {
+            self.answer_resume(member, &msg.epoch, msg.last_seq, member.welcome_seq)
         } else {
-            member.last_sent_seq
-        };
-        let replay = if !msg.holding && member.last_sent_seq != member.welcome_seq {
-            if msg.epoch == self.epoch && msg.last_seq == upto {
-                self.answer_resume(member, &msg.epoch, msg.last_seq, upto)
-            } else {
-                Replay {
-                    frames: Vec::new(),
-                    closing: ControlFrame::ResyncRequired {
-                        epoch: &self.epoch,
-                        seq: upto,
-                    }
-                    .encode(),
+            let upto = member.last_sent_seq;
+            let closing = if msg.epoch == self.epoch && msg.last_seq == upto {
+                ControlFrame::Resumed {
+                    from_seq: upto + 1,
+                    to_seq: upto,
                 }
+            } else {
+                ControlFrame::ResyncRequired {
+                    epoch: &self.epoch,
+                    seq: upto,
+                }
+            };
+            Replay {
+                frames: Vec::new(),
+                closing: closing.encode(),
             }
-        } else {
-            self.answer_resume(member, &msg.epoch, msg.last_seq, upto)
         };
-        send_replay(member, replay);
+        self.send_replay(msg.session_id, replay);
     }
 }

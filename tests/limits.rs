@@ -299,3 +299,26 @@ async fn a_socket_is_closed_with_4002_when_its_token_expires() {
         "closed at expiry, not at once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_welcome_comes_first_even_when_the_client_speaks_first() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start();
+    for _ in 0..20 {
+        let mut socket = connect_raw(&server.ws_url(), "eager").await;
+        socket.send(Message::text("not json")).await.unwrap();
+        socket
+            .send(Message::text(r#"{"type":"ping","ref":1}"#))
+            .await
+            .unwrap();
+        let mut kinds = Vec::new();
+        while kinds.len() < 3 {
+            if let Some(Ok(Message::Text(text))) = socket.next().await {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                kinds.push(frame["type"].as_str().unwrap().to_owned());
+            }
+        }
+        assert_eq!(kinds, ["welcome", "error", "pong"]);
+    }
+}

@@ -218,3 +218,32 @@ async fn malformed_resume_parameters_are_refused_before_the_upgrade() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_gets_at_most_one_replay() {
+    let server = TestServer::start();
+    let first = server.connect("hal").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    first.abort();
+    server.wait_for_sessions(0).await;
+    emit(&server, "hal", 3); // seq 1..=5
+    let mut second = server.connect("hal").await;
+    second
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 0 }))
+        .await;
+    for seq in 1..=5 {
+        assert_eq!(second.next().await["seq"], seq);
+    }
+    second.expect("resumed").await;
+    // Asking again cannot make the server queue the buffer again.
+    for _ in 0..3 {
+        second
+            .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 0 }))
+            .await;
+        assert_eq!(second.expect("resync_required").await["seq"], 5);
+    }
+    second
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 5 }))
+        .await;
+    assert_eq!(second.expect("resumed").await["to_seq"], 5);
+}

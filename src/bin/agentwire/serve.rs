@@ -78,7 +78,14 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     actix_web::rt::spawn(async move {
         let signal = wait_for_signal().await;
-        log::info!("{signal}: draining sockets (at most {drain_timeout:?})");
+        log::info!(
+            "{signal}: draining sockets (at most {drain_timeout:?}); signal again to exit now"
+        );
+        actix_web::rt::spawn(async {
+            let again = wait_for_signal().await;
+            log::warn!("{again} during the drain: exiting now");
+            std::process::exit(1);
+        });
         match runtime.shutdown(drain_timeout).await {
             Ok(report) => log::info!(
                 "drained: {} socket(s) closed, {} still open after {:?}",

@@ -40,10 +40,13 @@
     'tool_completed', 'agent_completed', 'agent_error'];
   // Closes caused by the client itself (or a deliberate server close): reconnecting cannot help.
   // Every other code reconnects, among them 1006 (dropped), 1011 (internal error), 1012
-  // (server restart or drain), 1013 (server full: waits longer), 4000 (heartbeat) and 4001
-  // (slow consumer); a reconnect resumes from lastSeq.
-  var NO_RECONNECT = [1000, 1002, 1003, 1008, 1009];
-  var TRY_AGAIN_LATER = 1013, TRY_AGAIN_LATER_MIN_MS = 1000;
+  // (server restart or drain), 1013 (server full) and 4008 (rate limited), both waiting
+  // longer, 4000 (heartbeat), 4001 (slow consumer) and 4002 (token expired: only with
+  // getToken, to fetch a fresh one); a reconnect resumes from lastSeq. 4003 (too many
+  // sockets for this user) does not reconnect: another tab would just be pushed out.
+  var NO_RECONNECT = [1000, 1002, 1003, 1008, 1009, 4003];
+  var TOKEN_EXPIRED = 4002;
+  var WAIT_LONGER = [1013, 4008], TRY_AGAIN_LATER_MIN_MS = 1000;
   var ERROR_CLOSE_GRACE_MS = 1000; // how long to wait for `close` after `error`
   var BACKOFF_BASE_MS = 500, BACKOFF_FACTOR = 2, BACKOFF_CAP_MS = 30000, STABLE_AFTER_MS = 10000;
 
@@ -202,7 +205,7 @@
       if (this._openedAt && Date.now() - this._openedAt >= STABLE_AFTER_MS) this._attempt = 0;
       this._openedAt = 0;
       if (this._stopped) return;
-      if (NO_RECONNECT.indexOf(code) >= 0) {
+      if (NO_RECONNECT.indexOf(code) >= 0 || (code === TOKEN_EXPIRED && !this.getToken)) {
         this._stopped = true;
         this._setStatus('closed', { code: code, reason: reason || '' });
         return;
@@ -213,8 +216,8 @@
     _scheduleReconnect(code, reason) {
       var ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(BACKOFF_FACTOR, this._attempt));
       var delay = Math.floor(Math.random() * ceiling); // full jitter
-      if (code === TRY_AGAIN_LATER) {
-        // The server is full: an immediate retry would be refused too.
+      if (WAIT_LONGER.indexOf(code) >= 0) {
+        // The server is full, or we were too fast: an immediate retry would be refused too.
         ceiling = Math.max(ceiling, 2 * TRY_AGAIN_LATER_MIN_MS);
         delay = Math.floor(ceiling / 2 + Math.random() * ceiling / 2);
       }
