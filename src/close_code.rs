@@ -19,7 +19,8 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const INTERNAL_ERROR: u16 = 1011;
 /// The server is restarting or draining; reconnect (with `resume`) shortly.
 pub const SERVICE_RESTART: u16 = 1012;
-/// The server is at its user capacity (`max_users`); reconnect later.
+/// The server is at capacity (`max_sessions` sockets, or `max_users` users all connected);
+/// reconnect later.
 pub const TRY_AGAIN_LATER: u16 = 1013;
 /// The client answered no heartbeat within `client_timeout`.
 pub const HEARTBEAT_TIMEOUT: u16 = 4000;

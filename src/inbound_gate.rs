@@ -115,6 +115,12 @@ impl InboundGate {
         verdict
     }
 
+    /// Whether a WebSocket ping may be answered: pings draw on the same token bucket as
+    /// messages, and one over the rate is left unanswered (no error, no strike).
+    pub(crate) fn allow_ping(&mut self, now: Instant) -> bool {
+        self.closed.is_none() && self.take_token(now)
+    }
+
     /// A whole message's bytes, `None` while fragments are still coming, or a close code.
     fn assemble(&mut self, frame: RawFrame<'_>) -> Result<Option<Vec<u8>>, u16> {
         let max = self.limits.max_message_bytes;

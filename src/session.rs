@@ -381,7 +381,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                 };
                 self.on_frame(frame, ctx);
             }
-            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Ping(payload)) => {
+                if self.gate.allow_ping(Instant::now()) {
+                    ctx.pong(&payload);
+                }
+            }
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);

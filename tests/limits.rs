@@ -322,3 +322,23 @@ async fn the_welcome_comes_first_even_when_the_client_speaks_first() {
         assert_eq!(kinds, ["welcome", "error", "pong"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_of_128_bytes_pass_and_129_get_invalid_field() {
+    let server = TestServer::start();
+    let mut client = server.connect("ids").await;
+    client
+        .send(json!({ "type": "switch_thread", "thread_id": "t".repeat(128) }))
+        .await;
+    client.expect("thread_switched").await;
+    client
+        .send(json!({ "type": "switch_thread", "thread_id": "t".repeat(129), "ref": "long" }))
+        .await;
+    let error = client.expect("error").await;
+    assert_eq!(error["code"], "invalid_field");
+    assert_eq!(error["ref"], "long");
+    client
+        .send(json!({ "type": "ping", "ref": "r".repeat(129) }))
+        .await;
+    assert_eq!(client.expect("error").await["code"], "invalid_field");
+}
