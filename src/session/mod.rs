@@ -1,0 +1,218 @@
+//! The session actor: one per WebSocket, and the only module that touches actix-web-actors.
+//!
+//! A session authenticates nothing and decides nothing about membership: it is born with an
+//! authenticated user id, asks the registry to attach it, and then relays. Inbound, it decodes
+//! client frames (see [`crate::inbound`]) and hands them to the application's handler or to
+//! its user's actor. Outbound, it writes the frames its user's actor posts (`Deliver`), which
+//! are already encoded and shared between the user's sockets. It pings on a timer and closes
+//! a socket that has been silent past the client timeout, or whose token expired.
+//!
+//! The module has three files: this one (the actor, the upgrade, heartbeat and expiry),
+//! `requests` (the inbound side: client frames through the gate to the handler or the user's
+//! actor) and `delivery` (the outbound side: what the user's actor posts, and the
+//! hold/replay/live flow that keeps a replay ahead of live frames).
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::{Actor, ActorContext, Addr, AsyncContext, StreamHandler};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+
+use crate::close_code;
+use crate::ids::{SessionId, UserId};
+use crate::inbound_gate::{GateLimits, InboundGate, RawFrame, Verdict};
+use crate::registry::{Connect, Disconnect};
+use crate::runtime::Shared;
+use crate::stats::ActorStats;
+use crate::user::User;
+
+mod delivery;
+mod requests;
+
+use delivery::Flow;
+pub(crate) use delivery::{CloseSession, Deliver, Replay, Welcome};
+
+/// The longest single timer a session arms for token expiry; longer waits re-arm.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Stands for the bytes of a text frame actix refused as invalid UTF-8 before we saw them.
+const INVALID_UTF8: &[u8] = &[0xFF];
+
+/// What a session knows of its user's actor once welcomed.
+struct UserLink {
+    addr: Addr<User>,
+    /// Client requests of this user now running in handler tasks (all sockets share it).
+    running_requests: Arc<AtomicUsize>,
+}
+
+pub(crate) struct Session {
+    id: SessionId,
+    user_id: UserId,
+    shared: Arc<Shared>,
+    /// The user's actor, known once the welcome frame arrived.
+    user: Option<UserLink>,
+    flow: Flow,
+    /// `?epoch=&last_seq=` from the upgrade request, handed to the registry on connect.
+    resume_at_connect: Option<(String, u64)>,
+    /// When the token the socket was opened with expires.
+    token_expires_at: Option<SystemTime>,
+    gate: InboundGate,
+    /// Verdicts on client frames that arrived before the welcome (messages to handle, errors
+    /// to answer), acted on right after it, so the welcome is always the first frame.
+    early: VecDeque<Verdict>,
+    last_heard: Instant,
+    stats: Arc<ActorStats>,
+}
+
+/// Who the socket belongs to, from the authenticator, and what the upgrade asked for.
+pub(crate) struct SessionStart {
+    pub user_id: UserId,
+    pub token_expires_at: Option<SystemTime>,
+    pub subprotocol: Option<String>,
+    pub resume_at_connect: Option<(String, u64)>,
+}
+
+/// Performs the WebSocket upgrade for an authenticated request and starts its session.
+/// `subprotocol` is echoed when the token came as `jwt.<token>`.
+pub(crate) fn upgrade(
+    req: &HttpRequest,
+    payload: web::Payload,
+    shared: Arc<Shared>,
+    start: SessionStart,
+) -> Result<HttpResponse, actix_web::Error> {
+    let max_frame = shared.config.max_frame_bytes;
+    let now = Instant::now();
+    let session = Session {
+        id: shared.next_session_id(),
+        user_id: start.user_id,
+        gate: InboundGate::new(GateLimits::from(&*shared.config), now),
+        shared,
+        user: None,
+        flow: Flow::Connecting,
+        resume_at_connect: start.resume_at_connect,
+        token_expires_at: start.token_expires_at,
+        early: VecDeque::new(),
+        last_heard: now,
+        stats: Arc::new(ActorStats::default()),
+    };
+    let offered: Vec<&str> = start.subprotocol.as_deref().into_iter().collect();
+    ws::WsResponseBuilder::new(session, req, payload)
+        .frame_size(max_frame)
+        .protocols(&offered)
+        .start()
+}
+
+impl Session {
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: Some(close_code::reason(code).to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.last_heard.elapsed() > self.shared.config.client_timeout {
+            log::info!(
+                "session:{}: user:{} silent for {:?}; closing",
+                self.id,
+                self.user_id,
+                self.last_heard.elapsed()
+            );
+            self.close(ctx, close_code::HEARTBEAT_TIMEOUT);
+        } else {
+            ctx.ping(b"");
+        }
+    }
+
+    /// Closes the socket with 4002 when its token expires.
+    fn schedule_token_expiry(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(expires_at) = self.token_expires_at else {
+            return;
+        };
+        let left = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        ctx.run_later(left.min(MAX_TIMER), move |session, ctx| {
+            if left > MAX_TIMER {
+                session.schedule_token_expiry(ctx);
+            } else {
+                log::info!(
+                    "session:{}: token of user:{} expired",
+                    session.id,
+                    session.user_id
+                );
+                session.close(ctx, close_code::TOKEN_EXPIRED);
+            }
+        });
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        log::debug!("session:{}: opened for user:{}", self.id, self.user_id);
+        self.shared.registry.do_send(Connect {
+            session_id: self.id,
+            user: self.user_id.clone(),
+            addr: ctx.address(),
+            stats: self.stats.clone(),
+            resume: self.resume_at_connect.take(),
+        });
+        ctx.run_interval(self.shared.config.heartbeat_interval, |session, ctx| {
+            session.heartbeat(ctx)
+        });
+        self.schedule_token_expiry(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        log::debug!("session:{}: closed", self.id);
+        self.shared.registry.do_send(Disconnect {
+            session_id: self.id,
+            user: self.user_id.clone(),
+        });
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match item {
+            Ok(ws::Message::Text(text)) => self.on_frame(RawFrame::Text(text.as_bytes()), ctx),
+            Ok(ws::Message::Binary(bytes)) => self.on_frame(RawFrame::Binary(&bytes), ctx),
+            Ok(ws::Message::Continuation(item)) => {
+                let frame = match &item {
+                    actix_http::ws::Item::FirstText(bytes) => RawFrame::FirstText(bytes),
+                    actix_http::ws::Item::FirstBinary(bytes) => RawFrame::FirstBinary(bytes),
+                    actix_http::ws::Item::Continue(bytes) => RawFrame::Continue(bytes),
+                    actix_http::ws::Item::Last(bytes) => RawFrame::Last(bytes),
+                };
+                self.on_frame(frame, ctx);
+            }
+            Ok(ws::Message::Ping(payload)) => {
+                if self.gate.allow_ping(Instant::now()) {
+                    ctx.pong(&payload);
+                }
+            }
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ws::ProtocolError::Overflow) => self.close(ctx, close_code::MESSAGE_TOO_BIG),
+            // actix refuses a text frame that is not UTF-8 before we see its bytes; the
+            // gate judges it like any invalid frame (an `error`, until the threshold).
+            Err(ws::ProtocolError::Io(error)) if error.to_string().contains("utf-8") => {
+                self.on_frame(RawFrame::Text(INVALID_UTF8), ctx)
+            }
+            Err(error) => {
+                log::debug!("session:{}: protocol error: {error}", self.id);
+                self.close(ctx, close_code::PROTOCOL_ERROR);
+            }
+        }
+    }
+}
