@@ -54,6 +54,12 @@ pub struct Config {
     /// Client requests (`start_agent`, `user_message`) a user may have running at once; the
     /// next gets a `too_many_runs` error. Default 8.
     pub max_runs_per_user: usize,
+    /// Restart intensity: a user actor that crashes is restarted at most this many times
+    /// within `restart_window`; one crash more escalates (its sockets are closed with 1011).
+    /// Default 3.
+    pub max_restarts: u32,
+    /// See `max_restarts`. Default 60 s.
+    pub restart_window: Duration,
     /// How many arbiter threads user actors are spread over. Default: one per core.
     pub user_arbiters: usize,
     /// How many recent events each user's replay buffer keeps. Default 1,000.
@@ -107,6 +113,8 @@ impl Default for Config {
             inbound_burst: 40,
             max_invalid_frames: 20,
             max_runs_per_user: 8,
+            max_restarts: 3,
+            restart_window: Duration::from_secs(60),
             user_arbiters: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),

@@ -30,8 +30,12 @@
 //! - `handler`: the [`AgentHandler`] trait the application implements for inbound requests.
 //! - `auth` and `jwt`: the [`Authenticator`] trait and the shipped HS256 [`JwtAuthenticator`].
 //! - `routes`: [`routes`], which mounts the endpoint in an actix-web app; `debug`:
-//!   [`debug_routes`], the admin-only live supervision tree (off unless mounted).
+//!   [`debug_routes`], the admin-only operator routes: the live supervision tree (JSON, DOT,
+//!   text, a web page), the supervision log, fault injection and `/metrics` (off unless
+//!   mounted).
 //! - `replay`: each user's bounded replay buffer, and the byte budget all of them share.
+//! - [`supervision`]: the restart policy for user actors and the bounded supervision log;
+//!   `metrics`: the Prometheus metrics.
 //! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters.
 //!
 //! ## Embedding
@@ -93,6 +97,7 @@ pub mod inbound;
 mod inbound_fuzz;
 mod inbound_gate;
 mod jwt;
+mod metrics;
 pub mod outbound;
 mod registry;
 mod replay;
@@ -100,22 +105,23 @@ mod routes;
 mod runtime;
 mod session;
 mod stats;
+pub mod supervision;
 mod user;
 
 pub use auth::{
     extract_token, AuthError, Authenticator, Identity, PresentedToken, SUBPROTOCOL_PREFIX,
 };
 pub use config::{Config, ConfigError, OriginPolicy};
-pub use debug::{debug_routes, TreeNode};
+pub use debug::{debug_routes, Totals, TreeNode};
 pub use emit::{AgentRun, ToolCall, UserHandle};
 pub use handler::{AgentContext, AgentHandler};
 pub use ids::{InvalidUserId, SessionId, UserId, MAX_USER_ID_BYTES};
 pub use inbound::{StartAgent, UserMessage};
 pub use jwt::{JwtAuthenticator, DEFAULT_LEEWAY_SECS};
-pub use registry::{RegistrySnapshot, UserSnapshot};
+pub use registry::{Fault, RegistrySnapshot, UserSnapshot};
 pub use routes::routes;
-pub use runtime::{Runtime, RuntimeBuilder, RuntimeGone, ShutdownReport};
-pub use stats::{ActorStats, StatsSnapshot};
+pub use runtime::{FaultError, Runtime, RuntimeBuilder, RuntimeGone, ShutdownReport};
+pub use stats::{ActorState, ActorStats, StatsSnapshot};
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.
 #[doc = include_str!("../README.md")]

@@ -17,8 +17,10 @@ use crate::directory;
 use crate::emit::UserHandle;
 use crate::handler::{AgentHandler, DynHandler};
 use crate::ids::{SessionId, UserId};
-use crate::registry::{DrainAll, Registry, RegistrySnapshot, Snapshot};
+use crate::metrics::Metrics;
+use crate::registry::{DrainAll, Fault, InjectFault, Registry, RegistrySnapshot, Snapshot};
 use crate::replay::ReplayBudget;
+use crate::supervision::{SupervisionEvent, SupervisionLog};
 
 /// What every actor of one runtime shares. Crate-private: outside code holds a [`Runtime`].
 pub(crate) struct Shared {
@@ -29,6 +31,8 @@ pub(crate) struct Shared {
     pub authenticator: Arc<dyn Authenticator>,
     /// Set by [`Runtime::shutdown`]: new upgrades are refused with 503.
     pub draining: AtomicBool,
+    pub metrics: Arc<Metrics>,
+    pub supervision: Arc<SupervisionLog>,
     next_session: AtomicU64,
 }
 
@@ -116,6 +120,30 @@ impl Runtime {
         }
     }
 
+    /// The recent supervision events (restarts, escalations, slow-consumer closes,
+    /// heartbeat timeouts, injected faults), oldest first; at most
+    /// [`crate::supervision::SUPERVISION_LOG_CAPACITY`].
+    pub fn supervision_events(&self) -> Vec<SupervisionEvent> {
+        self.shared.supervision.events()
+    }
+
+    /// Metrics in the Prometheus text format.
+    pub async fn metrics_text(&self) -> Result<String, RuntimeGone> {
+        let snapshot = self.snapshot().await?;
+        Ok(self.shared.metrics.encode(&snapshot))
+    }
+
+    /// Injects a fault (crash a user's actor, stall a session), for tests and for rehearsing
+    /// incidents. The debug routes expose it behind the admin token.
+    pub async fn inject_fault(&self, fault: Fault) -> Result<(), FaultError> {
+        self.shared
+            .registry
+            .send(InjectFault(fault))
+            .await
+            .map_err(|_| FaultError(RuntimeGone.to_string()))?
+            .map_err(FaultError)
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -153,8 +181,11 @@ impl RuntimeBuilder {
         let (writer, reader) = directory::new();
         let registry_config = config.clone();
         let budget = ReplayBudget::new(config.max_replay_bytes);
+        let metrics = Arc::new(Metrics::default());
+        let supervision = Arc::new(SupervisionLog::default());
+        let observers = (metrics.clone(), supervision.clone());
         let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Registry::new(registry_config, writer, budget, user_arbiters)
+            Registry::new(registry_config, observers, writer, budget, user_arbiters)
         });
         let bus: SharedBus = Arc::new(LocalBus::new(
             reader,
@@ -169,6 +200,8 @@ impl RuntimeBuilder {
                 handler: self.handler,
                 authenticator: self.authenticator,
                 draining: AtomicBool::new(false),
+                metrics,
+                supervision,
                 next_session: AtomicU64::new(1),
             }),
         })
@@ -197,3 +230,15 @@ pub struct ShutdownReport {
     /// How long the drain took.
     pub took: Duration,
 }
+
+/// A fault could not be injected (no such user or session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultError(pub String);
+
+impl std::fmt::Display for FaultError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FaultError {}

@@ -6,8 +6,8 @@
 //! and the difference is that session's backlog, which the user actor checks to cut off a
 //! client that stopped reading.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -23,6 +23,42 @@ pub struct ActorStats {
     queued_bytes: AtomicU64,
     handled: AtomicU64,
     handled_bytes: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last message handled.
+    last_activity_ms: AtomicU64,
+    state: AtomicU8,
+    restarts: AtomicU32,
+}
+
+/// What an actor is doing, as shown in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorState {
+    /// A session waiting for its welcome.
+    Connecting,
+    /// A session holding live frames back until the client's first frame.
+    Holding,
+    /// A session waiting for its replay.
+    Replaying,
+    /// Delivering as frames come.
+    Live,
+    /// A session stalled by fault injection.
+    Stalled,
+    /// A session that gets nothing more (slow consumer or drain); its close is queued.
+    CutOff,
+    /// A user with no socket, within its resume window.
+    Idle,
+}
+
+impl ActorState {
+    const ALL: [ActorState; 7] = [
+        ActorState::Connecting,
+        ActorState::Holding,
+        ActorState::Replaying,
+        ActorState::Live,
+        ActorState::Stalled,
+        ActorState::CutOff,
+        ActorState::Idle,
+    ];
 }
 
 impl Default for ActorStats {
@@ -33,11 +69,42 @@ impl Default for ActorStats {
             queued_bytes: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             handled_bytes: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(now_ms()),
+            state: AtomicU8::new(0),
+            restarts: AtomicU32::new(0),
         }
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl ActorStats {
+    pub(crate) fn set_state(&self, state: ActorState) {
+        let index = ActorState::ALL
+            .iter()
+            .position(|s| *s == state)
+            .unwrap_or(0);
+        self.state.store(index as u8, Relaxed);
+    }
+
+    pub(crate) fn state(&self) -> ActorState {
+        ActorState::ALL[usize::from(self.state.load(Relaxed)).min(ActorState::ALL.len() - 1)]
+    }
+
+    pub(crate) fn restarted(&self) {
+        self.restarts.fetch_add(1, Relaxed);
+    }
+
+    /// Carries a crashed actor's restart count over to its replacement.
+    pub(crate) fn inherit_restarts(&self, previous: &ActorStats) {
+        self.restarts
+            .store(previous.restarts.load(Relaxed), Relaxed);
+    }
+
     pub(crate) fn queued(&self, bytes: usize) {
         self.queued.fetch_add(1, Relaxed);
         self.queued_bytes.fetch_add(bytes as u64, Relaxed);
@@ -46,6 +113,7 @@ impl ActorStats {
     pub(crate) fn handled(&self, bytes: usize) {
         self.handled.fetch_add(1, Relaxed);
         self.handled_bytes.fetch_add(bytes as u64, Relaxed);
+        self.last_activity_ms.store(now_ms(), Relaxed);
     }
 
     /// Frames and bytes queued but not yet handled.
@@ -64,13 +132,17 @@ impl ActorStats {
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> StatsSnapshot {
         let (backlog, backlog_bytes) = self.backlog();
+        let last_activity_ms = self.last_activity_ms.load(Relaxed);
         StatsSnapshot {
+            state: self.state(),
             started_at: humantime::format_rfc3339_millis(self.started_at).to_string(),
             queued: self.queued.load(Relaxed),
             handled: self.handled.load(Relaxed),
             backlog,
             backlog_bytes,
             bytes: self.handled_bytes.load(Relaxed),
+            idle_for_ms: now_ms().saturating_sub(last_activity_ms),
+            restarts: self.restarts.load(Relaxed),
         }
     }
 }
@@ -78,6 +150,8 @@ impl ActorStats {
 /// A point-in-time copy of [`ActorStats`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
+    /// What the actor is doing.
+    pub state: ActorState,
     /// When the actor started (RFC 3339).
     pub started_at: String,
     /// Frames (sessions) or events (users) handed to the actor.
@@ -90,4 +164,8 @@ pub struct StatsSnapshot {
     pub backlog_bytes: u64,
     /// Bytes written (sessions) or encoded (users).
     pub bytes: u64,
+    /// Milliseconds since the actor last handled something.
+    pub idle_for_ms: u64,
+    /// Times the actor was restarted after a crash (users).
+    pub restarts: u32,
 }

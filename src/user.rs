@@ -25,10 +25,13 @@ use crate::close_code;
 use crate::config::Config;
 use crate::event::{AgentError, AgentEvent, EventFrame, RunErrorCode, RunMeta};
 use crate::ids::{new_epoch, SessionId, UserId};
+use crate::metrics::{DropReason, Metrics};
 use crate::outbound::{ControlFrame, ErrorCode, Frame};
 use crate::replay::{ReplayBudget, ReplayBuffer};
 use crate::session::{CloseSession, Deliver, Replay, Session, Welcome};
+use crate::stats::ActorState;
 use crate::stats::ActorStats;
+use crate::supervision::{CrashGuard, SupervisionKind, SupervisionLog};
 
 /// How often the replay buffer drops events past their maximum age.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
@@ -70,6 +73,10 @@ pub(crate) struct User {
     max_backlog_bytes: u64,
     /// Client requests of this user running in handler tasks, shared with every session.
     running_requests: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    supervision: Arc<SupervisionLog>,
+    /// Tells the registry if this actor dies without stopping.
+    guard: CrashGuard,
 }
 
 impl User {
@@ -78,7 +85,10 @@ impl User {
         config: &Config,
         budget: Arc<ReplayBudget>,
         stats: Arc<ActorStats>,
+        observers: (Arc<Metrics>, Arc<SupervisionLog>),
+        guard: CrashGuard,
     ) -> Self {
+        let (metrics, supervision) = observers;
         User {
             id,
             epoch: new_epoch(),
@@ -91,6 +101,9 @@ impl User {
             max_backlog_frames: config.max_session_backlog_frames,
             max_backlog_bytes: config.max_session_backlog_bytes,
             running_requests: Arc::default(),
+            metrics,
+            supervision,
+            guard,
         }
     }
 
@@ -111,17 +124,28 @@ impl User {
         }
         .to_json()
         .into();
+        let event_type = event.wire_type();
+        self.metrics.published(event_type);
         for member in &mut self.sessions {
-            if member.cut_off || !wants(member, meta) {
+            if !wants(member, meta) {
                 continue;
             }
-            if over_backlog(member, 1, self.max_backlog_frames, self.max_backlog_bytes) {
-                cut_off(&self.id, member);
+            if !member.cut_off
+                && over_backlog(member, 1, self.max_backlog_frames, self.max_backlog_bytes)
+            {
+                cut_off(&self.id, member, &self.supervision);
+            }
+            if member.cut_off {
+                self.metrics
+                    .dropped(event_type, DropReason::SlowConsumer, 1);
                 continue;
             }
             member.stats.queued(frame.len());
             member.last_sent_seq = self.seq;
-            member.addr.do_send(Deliver(frame.clone()));
+            member.addr.do_send(Deliver {
+                frame: frame.clone(),
+                event: Some((event_type, emitted_at)),
+            });
         }
         let size = frame.len();
         self.replay.push(self.seq, frame, meta.clone());
@@ -137,7 +161,7 @@ impl User {
     fn send_replay(&mut self, session: SessionId, replay: Replay) {
         let (max_frames, max_bytes) = (self.max_backlog_frames, self.max_backlog_bytes);
         let user = self.id.clone();
-        let Some(member) = self.member(session) else {
+        let Some(member) = self.sessions.iter_mut().find(|m| m.id == session) else {
             return;
         };
         if member.cut_off {
@@ -146,7 +170,7 @@ impl User {
         member.resumed = true;
         let extra = replay.frames.len() as u64 + 1;
         if over_backlog(member, extra, max_frames, max_bytes) {
-            cut_off(&user, member);
+            cut_off(&user, member, &self.supervision);
             return;
         }
         for frame in replay.frames.iter().chain([&replay.closing]) {
@@ -194,15 +218,19 @@ fn over_backlog(member: &Member, extra: u64, max_frames: u64, max_bytes: u64) ->
 }
 
 /// Stops queuing to a session that stopped reading and closes it after what it has.
-fn cut_off(user: &UserId, member: &mut Member) {
+fn cut_off(user: &UserId, member: &mut Member, supervision: &SupervisionLog) {
     let (frames, bytes) = member.stats.backlog();
-    log::warn!(
-        "user:{user}: session:{} is {frames} frames ({bytes} bytes) behind; \
-         cutting it off at seq {}",
-        member.id,
-        member.last_sent_seq
+    supervision.record(
+        SupervisionKind::SlowConsumer,
+        format!("session:{}", member.id),
+        format!(
+            "user:{user}'s socket is {frames} frames ({bytes} bytes) behind; cut off after \
+             seq {} and closed with 4001 once it drains",
+            member.last_sent_seq
+        ),
     );
     member.cut_off = true;
+    member.stats.set_state(ActorState::CutOff);
     member.addr.do_send(CloseSession(close_code::SLOW_CONSUMER));
 }
 
@@ -219,6 +247,7 @@ impl Actor for User {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.guard.stopped();
         log::debug!("user:{}: stopped at seq {}", self.id, self.seq);
     }
 }
@@ -233,21 +262,32 @@ pub(crate) struct Attach {
     pub stats: Arc<ActorStats>,
     /// `?epoch=&last_seq=` from the upgrade request.
     pub resume: Option<(String, u64)>,
+    /// Re-attaching a live socket to a restarted actor: the socket gets `resync_required`
+    /// (new epoch, seq 0) instead of a second welcome.
+    pub after_restart: bool,
 }
 
 impl Handler<Attach> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) {
-        let frame = ControlFrame::Welcome {
-            session_id: msg.session_id.0,
-            user_id: self.id.as_str(),
-            epoch: &self.epoch,
-            seq: self.seq,
-            heartbeat_interval_ms: self.heartbeat_interval_ms,
-            protocol: crate::outbound::PROTOCOL_VERSION,
-        }
-        .encode();
+        let frame = if msg.after_restart {
+            ControlFrame::ResyncRequired {
+                epoch: &self.epoch,
+                seq: self.seq,
+            }
+            .encode()
+        } else {
+            ControlFrame::Welcome {
+                session_id: msg.session_id.0,
+                user_id: self.id.as_str(),
+                epoch: &self.epoch,
+                seq: self.seq,
+                heartbeat_interval_ms: self.heartbeat_interval_ms,
+                protocol: crate::outbound::PROTOCOL_VERSION,
+            }
+            .encode()
+        };
         msg.stats.queued(frame.len());
         let member = Member {
             id: msg.session_id,
@@ -264,6 +304,7 @@ impl Handler<Attach> for User {
             running_requests: self.running_requests.clone(),
             frame,
             resuming: msg.resume.is_some(),
+            after_restart: msg.after_restart,
         });
         let replay = msg
             .resume
@@ -332,6 +373,8 @@ impl Handler<Published> for User {
             // The client stopped this run and already got its `agent_error` (from this
             // actor, or from the one before it): nothing of the run may follow.
             self.runs.remove(run_id);
+            self.metrics
+                .dropped(msg.event.wire_type(), DropReason::StoppedRun, 1);
         } else {
             if msg.event.is_terminal() {
                 self.runs.remove(run_id);
@@ -381,7 +424,7 @@ impl Handler<StopRun> for User {
                 .encode();
                 if let Some(member) = self.member(msg.session_id) {
                     member.stats.queued(frame.len());
-                    member.addr.do_send(Deliver(frame));
+                    member.addr.do_send(Deliver::control(frame));
                 }
             }
         }
@@ -411,7 +454,7 @@ impl Handler<SwitchThread> for User {
         }
         .encode();
         member.stats.queued(frame.len());
-        member.addr.do_send(Deliver(frame));
+        member.addr.do_send(Deliver::control(frame));
     }
 }
 
@@ -461,5 +504,18 @@ impl Handler<Resume> for User {
             }
         };
         self.send_replay(msg.session_id, replay);
+    }
+}
+
+/// Fault injection (from the registry): panic, as a bug in this actor would.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Crash;
+
+impl Handler<Crash> for User {
+    type Result = ();
+
+    fn handle(&mut self, _: Crash, _: &mut Self::Context) {
+        panic!("user:{}: crash injected through the debug routes", self.id);
     }
 }

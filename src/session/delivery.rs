@@ -9,16 +9,19 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use std::time::{Duration, SystemTime};
+
 use actix::{Addr, AsyncContext, Handler, Message};
 use actix_web_actors::ws;
 
 use super::{Session, UserLink};
 use crate::close_code;
 use crate::outbound::{ControlFrame, Frame};
+use crate::stats::ActorState;
 use crate::user::User;
 
 /// Where the session is in delivering its user's frames.
-pub(super) enum Flow {
+pub(crate) enum Flow {
     /// Before the welcome.
     Connecting,
     /// After the welcome, before the client's first frame (up to `resume_hold`): live
@@ -26,6 +29,8 @@ pub(super) enum Flow {
     Holding(Vec<Frame>),
     /// A resume is being answered: live frames are held until the replay is written.
     Replaying(Vec<Frame>),
+    /// Fault injection: writing nothing (as if the client stopped reading) until a timer.
+    Stalled(Vec<Frame>),
     /// Frames are written as they come.
     Live,
 }
@@ -49,7 +54,8 @@ impl Session {
 
     /// Writes the frames held back since the welcome, and goes live.
     pub(super) fn release(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Flow::Holding(held) | Flow::Replaying(held) =
+        self.stats.set_state(ActorState::Live);
+        if let Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) =
             std::mem::replace(&mut self.flow, Flow::Live)
         {
             for frame in held {
@@ -59,18 +65,39 @@ impl Session {
     }
 }
 
-/// An encoded frame to write (from the user's actor).
+/// An encoded frame to write (from the user's actor); `event` names an agent event's type
+/// and emission time, for the delivery metrics.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Deliver(pub Frame);
+pub(crate) struct Deliver {
+    pub frame: Frame,
+    pub event: Option<(&'static str, SystemTime)>,
+}
+
+impl Deliver {
+    /// A control frame (not an agent event).
+    pub(crate) fn control(frame: Frame) -> Self {
+        Deliver { frame, event: None }
+    }
+}
 
 impl Handler<Deliver> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         match &mut self.flow {
-            Flow::Holding(held) | Flow::Replaying(held) => held.push(msg.0),
-            Flow::Connecting | Flow::Live => self.write(ctx, msg.0),
+            Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) => {
+                held.push(msg.frame)
+            }
+            Flow::Connecting | Flow::Live => {
+                self.write(ctx, msg.frame);
+                if let Some((event_type, emitted_at)) = msg.event {
+                    let latency = emitted_at.elapsed().unwrap_or_default();
+                    self.shared
+                        .metrics
+                        .delivered(event_type, latency.as_secs_f64());
+                }
+            }
         }
     }
 }
@@ -84,23 +111,35 @@ pub(crate) struct Welcome {
     pub running_requests: Arc<AtomicUsize>,
     pub frame: Frame,
     pub resuming: bool,
+    /// The user's actor was restarted: `frame` is a `resync_required`, and the socket
+    /// carries on with the new actor.
+    pub after_restart: bool,
 }
 
 impl Handler<Welcome> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Welcome, ctx: &mut Self::Context) {
-        self.write(ctx, msg.frame);
         self.user = Some(UserLink {
             addr: msg.user,
             running_requests: msg.running_requests,
         });
+        if msg.after_restart {
+            // What the old actor queued goes out first, then the news of the new numbering.
+            self.release(ctx);
+            self.write(ctx, msg.frame);
+            return;
+        }
+        self.write(ctx, msg.frame);
         let hold = self.shared.config.resume_hold;
         self.flow = if msg.resuming {
+            self.stats.set_state(ActorState::Replaying);
             Flow::Replaying(Vec::new())
         } else if hold.is_zero() {
+            self.stats.set_state(ActorState::Live);
             Flow::Live
         } else {
+            self.stats.set_state(ActorState::Holding);
             ctx.run_later(hold, |session, ctx| {
                 if matches!(session.flow, Flow::Holding(_)) {
                     session.release(ctx);
@@ -153,5 +192,29 @@ impl Handler<CloseSession> for Session {
             close_code::reason(msg.0)
         );
         self.close(ctx, msg.0);
+    }
+}
+
+/// Fault injection (from the registry): write nothing for a while, as a client that stopped
+/// reading would cause. Frames pile up (and count as backlog) until the timer releases them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Stall(pub Duration);
+
+impl Handler<Stall> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stall, ctx: &mut Self::Context) {
+        let held = match std::mem::replace(&mut self.flow, Flow::Live) {
+            Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) => held,
+            Flow::Connecting | Flow::Live => Vec::new(),
+        };
+        self.flow = Flow::Stalled(held);
+        self.stats.set_state(ActorState::Stalled);
+        ctx.run_later(msg.0, |session, ctx| {
+            if matches!(session.flow, Flow::Stalled(_)) {
+                session.release(ctx);
+            }
+        });
     }
 }

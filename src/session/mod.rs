@@ -27,16 +27,23 @@ use crate::inbound_gate::{GateLimits, InboundGate, RawFrame, Verdict};
 use crate::registry::{Connect, Disconnect};
 use crate::runtime::Shared;
 use crate::stats::ActorStats;
+use crate::supervision::SupervisionKind;
 use crate::user::User;
 
 mod delivery;
 mod requests;
 
 use delivery::Flow;
-pub(crate) use delivery::{CloseSession, Deliver, Replay, Welcome};
+pub(crate) use delivery::{CloseSession, Deliver, Replay, Stall, Welcome};
 
 /// The longest single timer a session arms for token expiry; longer waits re-arm.
 const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Reported when a socket ended without any close frame (RFC 6455 reserves 1006 for it).
+const ABNORMAL_CLOSURE: u16 = 1006;
+
+/// Reported when the client's close frame carried no code (RFC 6455: 1005).
+const NO_STATUS: u16 = 1005;
 
 /// Stands for the bytes of a text frame actix refused as invalid UTF-8 before we saw them.
 const INVALID_UTF8: &[u8] = &[0xFF];
@@ -65,6 +72,8 @@ pub(crate) struct Session {
     early: VecDeque<Verdict>,
     last_heard: Instant,
     stats: Arc<ActorStats>,
+    /// The close code the socket ended with, once known (for the disconnect metrics).
+    closed_with: Option<u16>,
 }
 
 /// Who the socket belongs to, from the authenticator, and what the upgrade asked for.
@@ -97,6 +106,7 @@ pub(crate) fn upgrade(
         early: VecDeque::new(),
         last_heard: now,
         stats: Arc::new(ActorStats::default()),
+        closed_with: None,
     };
     let offered: Vec<&str> = start.subprotocol.as_deref().into_iter().collect();
     ws::WsResponseBuilder::new(session, req, payload)
@@ -106,7 +116,8 @@ pub(crate) fn upgrade(
 }
 
 impl Session {
-    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16) {
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16) {
+        self.closed_with.get_or_insert(code);
         ctx.close(Some(ws::CloseReason {
             code: ws::CloseCode::from(code),
             description: Some(close_code::reason(code).to_owned()),
@@ -114,13 +125,16 @@ impl Session {
         ctx.stop();
     }
 
-    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         if self.last_heard.elapsed() > self.shared.config.client_timeout {
-            log::info!(
-                "session:{}: user:{} silent for {:?}; closing",
-                self.id,
-                self.user_id,
-                self.last_heard.elapsed()
+            self.shared.supervision.record(
+                SupervisionKind::HeartbeatTimeout,
+                format!("session:{}", self.id),
+                format!(
+                    "user:{}'s socket was silent for {:?}; closed with 4000",
+                    self.user_id,
+                    self.last_heard.elapsed()
+                ),
             );
             self.close(ctx, close_code::HEARTBEAT_TIMEOUT);
         } else {
@@ -170,7 +184,9 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        log::debug!("session:{}: closed", self.id);
+        let code = self.closed_with.unwrap_or(ABNORMAL_CLOSURE);
+        log::debug!("session:{}: closed ({code})", self.id);
+        self.shared.metrics.disconnected(code);
         self.shared.registry.do_send(Disconnect {
             session_id: self.id,
             user: self.user_id.clone(),
@@ -200,6 +216,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
             }
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
+                let code = reason.as_ref().map_or(NO_STATUS, |r| u16::from(r.code));
+                self.closed_with.get_or_insert(code);
                 ctx.close(reason);
                 ctx.stop();
             }

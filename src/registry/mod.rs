@@ -7,31 +7,51 @@
 //! user cap, and drains every socket on shutdown. It is the only writer of the directory that
 //! emitters read. User actors are spread round-robin over a small pool of arbiters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message, MessageResult};
-use serde::Serialize;
+use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
 
 use crate::bus::{Handoff, Published};
 use crate::close_code;
 use crate::config::Config;
 use crate::directory::DirectoryWriter;
 use crate::ids::{SessionId, UserId};
+use crate::metrics::{DropReason, Metrics};
 use crate::replay::ReplayBudget;
 use crate::session::{CloseSession, Session};
-use crate::stats::{ActorStats, StatsSnapshot};
+use crate::stats::{ActorState, ActorStats};
+use crate::supervision::{CrashGuard, RestartHistory, SupervisionLog};
 use crate::user::{Attach, Detach, Drain, Retire, User};
+
+mod snapshot;
+mod supervise;
+
+pub(crate) use snapshot::Snapshot;
+pub use snapshot::{RegistrySnapshot, UserSnapshot};
+pub use supervise::Fault;
+pub(crate) use supervise::{InjectFault, UserDied};
 
 /// How often a drain closes the next batch of users' sockets.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+
+/// The registry's record of one socket.
+struct SessionEntry {
+    addr: Addr<Session>,
+    stats: Arc<ActorStats>,
+}
 
 /// The registry's record of one user.
 struct Member {
     addr: Addr<User>,
     stats: Arc<ActorStats>,
-    sessions: HashMap<SessionId, Arc<ActorStats>>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    /// Which spawn of this user's actor is current (unique for the registry's lifetime), so
+    /// a crash report from an older actor is ignored.
+    generation: u64,
+    /// Recent crashes, for the restart-intensity limit.
+    restarts: RestartHistory,
     /// Since when the user has had no socket (its resume window is running).
     idle_since: Option<Instant>,
     /// Which idle period the running expiry timer belongs to (from the registry's counter,
@@ -41,6 +61,8 @@ struct Member {
 
 pub(crate) struct Registry {
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    supervision: Arc<SupervisionLog>,
     directory: DirectoryWriter,
     budget: Arc<ReplayBudget>,
     user_arbiters: Vec<ArbiterHandle>,
@@ -49,8 +71,9 @@ pub(crate) struct Registry {
     /// Open sockets over all users.
     sessions: usize,
     draining: bool,
-    /// Source of unique idle generations.
+    /// Source of unique idle generations and actor generations.
     idle_generations: u64,
+    user_generations: u64,
     /// Events for users without an actor (never connected, or past their resume window).
     dropped_for_absent_users: u64,
 }
@@ -58,12 +81,16 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new(
         config: Arc<Config>,
+        observers: (Arc<Metrics>, Arc<SupervisionLog>),
         directory: DirectoryWriter,
         budget: Arc<ReplayBudget>,
         user_arbiters: Vec<ArbiterHandle>,
     ) -> Self {
+        let (metrics, supervision) = observers;
         Registry {
             config,
+            metrics,
+            supervision,
             directory,
             budget,
             user_arbiters,
@@ -72,30 +99,38 @@ impl Registry {
             sessions: 0,
             draining: false,
             idle_generations: 0,
+            user_generations: 0,
             dropped_for_absent_users: 0,
         }
     }
 
-    fn spawn_user(&mut self, user: &UserId) -> Member {
+    /// Starts an actor for `user` on the next arbiter and publishes it in the directory.
+    fn spawn_user(
+        &mut self,
+        user: &UserId,
+        ctx: &mut Context<Self>,
+    ) -> (Addr<User>, Arc<ActorStats>, u64) {
         let arbiter = &self.user_arbiters[self.next_arbiter % self.user_arbiters.len()];
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
+        self.user_generations += 1;
+        let generation = self.user_generations;
         let stats = Arc::new(ActorStats::default());
+        stats.set_state(ActorState::Live);
+        let guard = CrashGuard::new(ctx.address(), user.clone(), generation);
         let (id, config, budget, user_stats) = (
             user.clone(),
             self.config.clone(),
             self.budget.clone(),
             stats.clone(),
         );
-        let addr =
-            User::start_in_arbiter(arbiter, move |_| User::new(id, &config, budget, user_stats));
-        log::debug!("registry: started user:{user}");
-        Member {
-            addr,
-            stats,
-            sessions: HashMap::new(),
-            idle_since: None,
-            idle_generation: 0,
-        }
+        let observers = (self.metrics.clone(), self.supervision.clone());
+        let addr = User::start_in_arbiter(arbiter, move |_| {
+            User::new(id, &config, budget, user_stats, observers, guard)
+        });
+        self.directory
+            .insert(user.clone(), addr.clone(), stats.clone());
+        log::debug!("registry: started user:{user} (generation {generation})");
+        (addr, stats, generation)
     }
 
     /// Removes a user's actor: unpublished first, so no emitter finds it after it is told
@@ -152,7 +187,7 @@ pub(crate) struct Connect {
 impl Handler<Connect> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Connect, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Connect, ctx: &mut Self::Context) {
         if self.draining {
             msg.addr.do_send(CloseSession(close_code::SERVICE_RESTART));
             return;
@@ -187,22 +222,38 @@ impl Handler<Connect> for Registry {
                 msg.addr.do_send(CloseSession(close_code::TRY_AGAIN_LATER));
                 return;
             }
-            let member = self.spawn_user(&msg.user);
-            self.directory
-                .insert(msg.user.clone(), member.addr.clone(), member.stats.clone());
+            let (addr, stats, generation) = self.spawn_user(&msg.user, ctx);
+            let member = Member {
+                addr,
+                stats,
+                sessions: HashMap::new(),
+                generation,
+                restarts: RestartHistory::default(),
+                idle_since: None,
+                idle_generation: 0,
+            };
             self.users.insert(msg.user.clone(), member);
         }
         let Some(member) = self.users.get_mut(&msg.user) else {
             return;
         };
         member.idle_since = None;
-        member.sessions.insert(msg.session_id, msg.stats.clone());
+        member.stats.set_state(ActorState::Live);
+        member.sessions.insert(
+            msg.session_id,
+            SessionEntry {
+                addr: msg.addr.clone(),
+                stats: msg.stats.clone(),
+            },
+        );
         self.sessions += 1;
+        self.metrics.connected();
         member.addr.do_send(Attach {
             session_id: msg.session_id,
             addr: msg.addr,
             stats: msg.stats,
             resume: msg.resume,
+            after_restart: false,
         });
         log::debug!(
             "registry: session:{} joined user:{} ({} socket(s))",
@@ -251,6 +302,7 @@ impl Handler<Disconnect> for Registry {
         }
         self.idle_generations += 1;
         let generation = self.idle_generations;
+        member.stats.set_state(ActorState::Idle);
         member.idle_since = Some(Instant::now());
         member.idle_generation = generation;
         let user = msg.user;
@@ -290,6 +342,8 @@ impl Handler<PublishToAbsent> for Registry {
             None => {
                 msg.handoff.record();
                 self.dropped_for_absent_users += 1;
+                self.metrics
+                    .dropped(msg.event.event.wire_type(), DropReason::NoUser, 1);
                 log::debug!(
                     "registry: user:{} has no socket; dropped {} for run {}",
                     msg.user,
@@ -334,72 +388,5 @@ fn drain_batches(mut pending: Vec<Addr<User>>, batch: usize, ctx: &mut Context<R
     }
     if !pending.is_empty() {
         ctx.run_later(DRAIN_TICK, move |_, ctx| drain_batches(pending, batch, ctx));
-    }
-}
-
-/// Asks for a copy of the tree: every user and their sessions, with counters.
-#[derive(Message)]
-#[rtype(result = "RegistrySnapshot")]
-pub(crate) struct Snapshot;
-
-/// The supervision tree as the registry sees it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RegistrySnapshot {
-    /// Users with an actor (connected, or within their resume window), by id.
-    pub users: BTreeMap<String, UserSnapshot>,
-    /// Events emitted for users who had no actor at the time (never connected, or past
-    /// their resume window).
-    pub dropped_for_absent_users: u64,
-    /// Bytes held by all replay buffers.
-    pub replay_bytes: usize,
-    /// True once shutdown began.
-    pub draining: bool,
-}
-
-impl RegistrySnapshot {
-    /// How many sockets are open, over all users.
-    pub fn session_count(&self) -> usize {
-        self.users.values().map(|u| u.sessions.len()).sum()
-    }
-}
-
-/// One user's actor and its sessions.
-#[derive(Debug, Clone, Serialize)]
-pub struct UserSnapshot {
-    /// The user actor's counters.
-    pub stats: StatsSnapshot,
-    /// Session id → that session's counters.
-    pub sessions: BTreeMap<u64, StatsSnapshot>,
-    /// Milliseconds since the last socket left, while the resume window runs.
-    pub idle_ms: Option<u64>,
-}
-
-impl Handler<Snapshot> for Registry {
-    type Result = MessageResult<Snapshot>;
-
-    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
-        let users = self
-            .users
-            .iter()
-            .map(|(id, member)| {
-                let sessions = member
-                    .sessions
-                    .iter()
-                    .map(|(sid, stats)| (sid.0, stats.snapshot()))
-                    .collect();
-                let user = UserSnapshot {
-                    stats: member.stats.snapshot(),
-                    sessions,
-                    idle_ms: member.idle_since.map(|t| t.elapsed().as_millis() as u64),
-                };
-                (id.to_string(), user)
-            })
-            .collect();
-        MessageResult(RegistrySnapshot {
-            users,
-            dropped_for_absent_users: self.dropped_for_absent_users,
-            replay_bytes: self.budget.used(),
-            draining: self.draining,
-        })
     }
 }

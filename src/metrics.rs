@@ -1,0 +1,243 @@
+//! Prometheus metrics, exposed as text at `GET /metrics` by [`crate::debug_routes`].
+//!
+//! Counters are bumped where things happen (atomics inside prometheus-client, no lock on the
+//! hot path); gauges of current state (sessions, users, backlogs) are read from the registry's
+//! snapshot at scrape time. Names are prefixed `agentwire_`; labels are bounded sets (event
+//! type, close code, drop reason, actor kind), never user ids.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::close_code;
+use crate::registry::RegistrySnapshot;
+
+/// Label: an agent event's wire type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EventType {
+    r#type: &'static str,
+}
+
+/// Label: a close code (codes agentwire does not define are reported as `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CloseCode {
+    code: &'static str,
+}
+
+/// Labels: why an event did not reach a socket.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Dropped {
+    r#type: &'static str,
+    reason: &'static str,
+}
+
+/// Label: which kind of actor.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ActorKind {
+    kind: &'static str,
+}
+
+/// Why an event was dropped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DropReason {
+    /// The user had no actor (never connected, or past the resume window).
+    NoUser,
+    /// The run was stopped by the client; its later events are swallowed.
+    StoppedRun,
+    /// The session was cut off as a slow consumer.
+    SlowConsumer,
+    /// Still queued to a user actor that crashed.
+    Crashed,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::NoUser => "no_user",
+            DropReason::StoppedRun => "stopped_run",
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::Crashed => "crashed",
+        }
+    }
+}
+
+/// Every metric of one runtime.
+pub(crate) struct Metrics {
+    registry: Registry,
+    sessions: Gauge,
+    users: Gauge,
+    backlog: Family<ActorKind, Gauge>,
+    connects: Counter,
+    disconnects: Family<CloseCode, Counter>,
+    published: Family<EventType, Counter>,
+    delivered: Family<EventType, Counter>,
+    dropped: Family<Dropped, Counter>,
+    latency: Histogram,
+    restarts: Counter,
+    escalations: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("agentwire");
+        let metrics = Metrics {
+            sessions: Gauge::default(),
+            users: Gauge::default(),
+            backlog: Family::default(),
+            connects: Counter::default(),
+            disconnects: Family::default(),
+            published: Family::default(),
+            delivered: Family::default(),
+            dropped: Family::default(),
+            // 50 µs to about 26 s.
+            latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
+            restarts: Counter::default(),
+            escalations: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sessions",
+            "Open WebSocket sessions",
+            metrics.sessions.clone(),
+        );
+        registry.register(
+            "users",
+            "User actors (connected, or within their resume window)",
+            metrics.users.clone(),
+        );
+        registry.register(
+            "backlog",
+            "Messages waiting for actors of each kind (queued minus handled)",
+            metrics.backlog.clone(),
+        );
+        registry.register("connects", "Sessions opened", metrics.connects.clone());
+        registry.register(
+            "disconnects",
+            "Sessions closed, by close code",
+            metrics.disconnects.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Agent events numbered by a user actor, by type",
+            metrics.published.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Agent events written to a socket, by type",
+            metrics.delivered.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Agent events that did not reach a socket, by type and reason",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From emission to being written to a socket",
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "actor_restarts",
+            "User actors restarted after a crash",
+            metrics.restarts.clone(),
+        );
+        registry.register(
+            "escalations",
+            "Users whose actor crashed past the restart limit (sockets closed with 1011)",
+            metrics.escalations.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn connected(&self) {
+        self.connects.inc();
+    }
+
+    pub(crate) fn disconnected(&self, code: u16) {
+        let code = close_code_label(code);
+        self.disconnects.get_or_create(&CloseCode { code }).inc();
+    }
+
+    pub(crate) fn published(&self, event_type: &'static str) {
+        self.published
+            .get_or_create(&EventType { r#type: event_type })
+            .inc();
+    }
+
+    pub(crate) fn delivered(&self, event_type: &'static str, latency_secs: f64) {
+        self.delivered
+            .get_or_create(&EventType { r#type: event_type })
+            .inc();
+        self.latency.observe(latency_secs);
+    }
+
+    pub(crate) fn dropped(&self, event_type: &'static str, reason: DropReason, count: u64) {
+        let labels = Dropped {
+            r#type: event_type,
+            reason: reason.label(),
+        };
+        self.dropped.get_or_create(&labels).inc_by(count);
+    }
+
+    pub(crate) fn restarted(&self) {
+        self.restarts.inc();
+    }
+
+    pub(crate) fn escalated(&self) {
+        self.escalations.inc();
+    }
+
+    /// The text exposition, with the state gauges set from `snapshot`.
+    pub(crate) fn encode(&self, snapshot: &RegistrySnapshot) -> String {
+        self.sessions.set(snapshot.session_count() as i64);
+        self.users.set(snapshot.users.len() as i64);
+        let user_backlog: u64 = snapshot.users.values().map(|u| u.stats.backlog).sum();
+        let session_backlog: u64 = snapshot
+            .users
+            .values()
+            .flat_map(|u| u.sessions.values())
+            .map(|s| s.backlog)
+            .sum();
+        for (kind, value) in [("user", user_backlog), ("session", session_backlog)] {
+            self.backlog
+                .get_or_create(&ActorKind { kind })
+                .set(value as i64);
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Close codes as a bounded label set: agentwire's own codes, 1001 and 1005/1006 as clients
+/// and the network produce them, everything else `other`.
+fn close_code_label(code: u16) -> &'static str {
+    match code {
+        close_code::NORMAL => "1000",
+        1001 => "1001",
+        close_code::PROTOCOL_ERROR => "1002",
+        close_code::UNSUPPORTED_DATA => "1003",
+        1005 => "1005",
+        1006 => "1006",
+        close_code::POLICY_VIOLATION => "1008",
+        close_code::MESSAGE_TOO_BIG => "1009",
+        close_code::INTERNAL_ERROR => "1011",
+        close_code::SERVICE_RESTART => "1012",
+        close_code::TRY_AGAIN_LATER => "1013",
+        close_code::HEARTBEAT_TIMEOUT => "4000",
+        close_code::SLOW_CONSUMER => "4001",
+        close_code::TOKEN_EXPIRED => "4002",
+        close_code::TOO_MANY_SOCKETS => "4003",
+        close_code::RATE_LIMITED => "4008",
+        _ => "other",
+    }
+}

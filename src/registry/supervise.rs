@@ -1,0 +1,149 @@
+//! The registry as supervisor: restarting a user actor that crashed (within the restart
+//! intensity limit), escalating past it, and the fault injection operators use to rehearse
+//! both.
+
+use std::time::Duration;
+
+use actix::{Context, Handler, Message};
+
+use super::Registry;
+use crate::close_code;
+use crate::ids::{SessionId, UserId};
+use crate::metrics::DropReason;
+use crate::session::{CloseSession, Stall};
+use crate::supervision::SupervisionKind;
+use crate::user::{Attach, Crash};
+
+/// A user actor was dropped without stopping (it panicked); sent by its crash guard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct UserDied {
+    pub user: UserId,
+    pub generation: u64,
+}
+
+impl Handler<UserDied> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: UserDied, ctx: &mut Context<Self>) {
+        let current = self
+            .users
+            .get(&msg.user)
+            .is_some_and(|m| m.generation == msg.generation);
+        if !current {
+            return;
+        }
+        let Some(mut member) = self.users.remove(&msg.user) else {
+            return;
+        };
+        self.directory.remove(&msg.user);
+        let actor = format!("user:{}", msg.user);
+        let (lost, _) = member.stats.backlog();
+        if lost > 0 {
+            self.metrics.dropped("unknown", DropReason::Crashed, lost);
+        }
+        let (max, window) = (self.config.max_restarts, self.config.restart_window);
+        if !member.restarts.allow_restart(max, window) {
+            for session in member.sessions.values() {
+                session
+                    .addr
+                    .do_send(CloseSession(close_code::INTERNAL_ERROR));
+            }
+            self.sessions -= member.sessions.len();
+            self.metrics.escalated();
+            self.supervision.record(
+                SupervisionKind::Escalation,
+                actor,
+                format!(
+                    "crashed more than {max} times within {window:?}; {} socket(s) closed \
+                     with 1011, {lost} queued event(s) lost",
+                    member.sessions.len()
+                ),
+            );
+            return;
+        }
+        let (addr, stats, generation) = self.spawn_user(&msg.user, ctx);
+        stats.inherit_restarts(&member.stats);
+        stats.restarted();
+        member.addr = addr.clone();
+        member.stats = stats;
+        member.generation = generation;
+        for (session_id, session) in &member.sessions {
+            addr.do_send(Attach {
+                session_id: *session_id,
+                addr: session.addr.clone(),
+                stats: session.stats.clone(),
+                resume: None,
+                after_restart: true,
+            });
+        }
+        self.metrics.restarted();
+        self.supervision.record(
+            SupervisionKind::Restart,
+            actor,
+            format!(
+                "the actor panicked; restarted with a new epoch, {} socket(s) told to resync, \
+                 {lost} queued event(s) lost",
+                member.sessions.len()
+            ),
+        );
+        if member.sessions.is_empty() {
+            member.idle_since = Some(std::time::Instant::now());
+        }
+        self.users.insert(msg.user, member);
+    }
+}
+
+/// A fault to inject, for tests and incident rehearsal (debug routes, admin token only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Make the user's actor panic.
+    CrashUser(UserId),
+    /// Make a session stop writing (as if its client stopped reading) for a while.
+    StallSession {
+        /// The session.
+        session: SessionId,
+        /// For how long.
+        duration: Duration,
+    },
+}
+
+/// Injects a fault; answers whether the target exists.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub(crate) struct InjectFault(pub Fault);
+
+impl Handler<InjectFault> for Registry {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> Self::Result {
+        match msg.0 {
+            Fault::CrashUser(user) => {
+                let member = self
+                    .users
+                    .get(&user)
+                    .ok_or_else(|| format!("no actor for user {user}"))?;
+                member.addr.do_send(Crash);
+                self.supervision.record(
+                    SupervisionKind::FaultInjected,
+                    format!("user:{user}"),
+                    "crash requested through the debug routes".to_owned(),
+                );
+            }
+            Fault::StallSession { session, duration } => {
+                let entry = self
+                    .users
+                    .values()
+                    .find_map(|m| m.sessions.get(&session))
+                    .ok_or_else(|| format!("no session {session}"))?;
+                entry.addr.do_send(Stall(duration));
+                self.supervision.record(
+                    SupervisionKind::FaultInjected,
+                    format!("session:{session}"),
+                    format!("stall for {duration:?} requested through the debug routes"),
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! Supervision: the registry's restart policy for user actors, and the bounded log of what
+//! supervision did (restarts, escalations, slow-consumer closes, heartbeat timeouts).
+//!
+//! A user actor that dies without stopping (a panic in one of its handlers) is noticed by a
+//! guard it owns, which tells the registry as it is dropped. The registry restarts it,
+//! OTP-style: at most `max_restarts` within `restart_window` per user; past that it
+//! escalates, closing the user's sockets with 1011. Nothing here touches another user.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::Addr;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::ids::UserId;
+use crate::registry::{Registry, UserDied};
+
+/// How many supervision events the log keeps (oldest dropped first).
+pub const SUPERVISION_LOG_CAPACITY: usize = 256;
+
+/// What kind of thing supervision did or saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisionKind {
+    /// A user actor died and was restarted.
+    Restart,
+    /// A user actor died too often; its sockets were closed with 1011.
+    Escalation,
+    /// A session was cut off for not reading (4001).
+    SlowConsumer,
+    /// A session was closed for silence (4000).
+    HeartbeatTimeout,
+    /// A fault was injected through the debug routes.
+    FaultInjected,
+}
+
+/// One entry of the supervision log.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisionEvent {
+    /// When (RFC 3339, milliseconds).
+    pub at: String,
+    /// What happened.
+    pub kind: SupervisionKind,
+    /// The actor it happened to: `user:<id>` or `session:<n>`.
+    pub actor: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// The bounded, shared log. Appending takes a lock, which is fine: supervision events are
+/// rare, and never on the per-event path.
+#[derive(Debug, Default)]
+pub struct SupervisionLog {
+    events: Mutex<VecDeque<SupervisionEvent>>,
+}
+
+impl SupervisionLog {
+    pub(crate) fn record(&self, kind: SupervisionKind, actor: String, reason: String) {
+        log::warn!("{actor}: {kind:?}: {reason}");
+        let event = SupervisionEvent {
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            kind,
+            actor,
+            reason,
+        };
+        let mut events = self.events.lock();
+        if events.len() == SUPERVISION_LOG_CAPACITY {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// The recorded events, oldest first.
+    pub fn events(&self) -> Vec<SupervisionEvent> {
+        self.events.lock().iter().cloned().collect()
+    }
+}
+
+/// A user's recent restarts, for the restart-intensity check.
+#[derive(Debug, Default)]
+pub(crate) struct RestartHistory {
+    at: VecDeque<Instant>,
+}
+
+impl RestartHistory {
+    /// Records a crash now; true when a restart is still within `max` per `window`.
+    pub(crate) fn allow_restart(&mut self, max: u32, window: Duration) -> bool {
+        let now = Instant::now();
+        while self
+            .at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.at.pop_front();
+        }
+        if self.at.len() >= max as usize {
+            return false;
+        }
+        self.at.push_back(now);
+        true
+    }
+}
+
+/// Owned by a user actor: tells the registry when the actor is dropped without having
+/// stopped (that is, it died in a panic).
+pub(crate) struct CrashGuard {
+    registry: Addr<Registry>,
+    user: UserId,
+    generation: u64,
+    stopped: bool,
+}
+
+impl CrashGuard {
+    pub(crate) fn new(registry: Addr<Registry>, user: UserId, generation: u64) -> Self {
+        CrashGuard {
+            registry,
+            user,
+            generation,
+            stopped: false,
+        }
+    }
+
+    /// The actor stopped normally (its `stopped` hook ran).
+    pub(crate) fn stopped(&mut self) {
+        self.stopped = true;
+    }
+}
+
+impl Drop for CrashGuard {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.registry.do_send(UserDied {
+                user: self.user.clone(),
+                generation: self.generation,
+            });
+        }
+    }
+}
