@@ -1,20 +1,17 @@
 //! Supervision: the registry's restart policy for user actors, and the bounded log of what
 //! supervision did (restarts, escalations, slow-consumer closes, heartbeat timeouts).
 //!
-//! A user actor that dies without stopping (a panic in one of its handlers) is noticed by a
-//! guard it owns, which tells the registry as it is dropped. The registry restarts it,
+//! A user actor that panics in one of its handlers is noticed by the registry, which runs
+//! every user actor inside a `catch_unwind` of its own (see `registry`). The registry
+//! restarts it,
 //! OTP-style: at most `max_restarts` within `restart_window` per user; past that it
 //! escalates, closing the user's sockets with 1011. Nothing here touches another user.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix::Addr;
 use parking_lot::Mutex;
 use serde::Serialize;
-
-use crate::ids::UserId;
-use crate::registry::{Registry, UserDied};
 
 /// How many supervision events the log keeps (oldest dropped first).
 pub const SUPERVISION_LOG_CAPACITY: usize = 256;
@@ -99,41 +96,5 @@ impl RestartHistory {
         }
         self.at.push_back(now);
         true
-    }
-}
-
-/// Owned by a user actor: tells the registry when the actor is dropped without having
-/// stopped (that is, it died in a panic).
-pub(crate) struct CrashGuard {
-    registry: Addr<Registry>,
-    user: UserId,
-    generation: u64,
-    stopped: bool,
-}
-
-impl CrashGuard {
-    pub(crate) fn new(registry: Addr<Registry>, user: UserId, generation: u64) -> Self {
-        CrashGuard {
-            registry,
-            user,
-            generation,
-            stopped: false,
-        }
-    }
-
-    /// The actor stopped normally (its `stopped` hook ran).
-    pub(crate) fn stopped(&mut self) {
-        self.stopped = true;
-    }
-}
-
-impl Drop for CrashGuard {
-    fn drop(&mut self) {
-        if !self.stopped {
-            self.registry.do_send(UserDied {
-                user: self.user.clone(),
-                generation: self.generation,
-            });
-        }
     }
 }

@@ -31,7 +31,7 @@ use crate::replay::{ReplayBudget, ReplayBuffer};
 use crate::session::{CloseSession, Deliver, Replay, Session, Welcome};
 use crate::stats::ActorState;
 use crate::stats::ActorStats;
-use crate::supervision::{CrashGuard, SupervisionKind, SupervisionLog};
+use crate::supervision::{SupervisionKind, SupervisionLog};
 
 /// How often the replay buffer drops events past their maximum age.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
@@ -75,8 +75,6 @@ pub(crate) struct User {
     running_requests: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     supervision: Arc<SupervisionLog>,
-    /// Tells the registry if this actor dies without stopping.
-    guard: CrashGuard,
 }
 
 impl User {
@@ -86,7 +84,6 @@ impl User {
         budget: Arc<ReplayBudget>,
         stats: Arc<ActorStats>,
         observers: (Arc<Metrics>, Arc<SupervisionLog>),
-        guard: CrashGuard,
     ) -> Self {
         let (metrics, supervision) = observers;
         User {
@@ -103,7 +100,6 @@ impl User {
             running_requests: Arc::default(),
             metrics,
             supervision,
-            guard,
         }
     }
 
@@ -247,7 +243,6 @@ impl Actor for User {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.guard.stopped();
         log::debug!("user:{}: stopped at seq {}", self.id, self.seq);
     }
 }

@@ -8,10 +8,12 @@
 //! emitters read. User actors are spread round-robin over a small pool of arbiters.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
+use futures_util::FutureExt;
 
 use crate::bus::{Handoff, Published};
 use crate::close_code;
@@ -22,7 +24,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::replay::ReplayBudget;
 use crate::session::{CloseSession, Session};
 use crate::stats::{ActorState, ActorStats};
-use crate::supervision::{CrashGuard, RestartHistory, SupervisionLog};
+use crate::supervision::{RestartHistory, SupervisionLog};
 use crate::user::{Attach, Detach, Drain, Retire, User};
 
 mod snapshot;
@@ -32,6 +34,9 @@ pub(crate) use snapshot::Snapshot;
 pub use snapshot::{RegistrySnapshot, UserSnapshot};
 pub use supervise::Fault;
 pub(crate) use supervise::{InjectFault, UserDied};
+
+/// The bounded part of a user actor's mailbox (actix's default; `do_send` ignores it).
+const MAILBOX_CAPACITY: usize = 16;
 
 /// How often a drain closes the next batch of users' sockets.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
@@ -116,16 +121,30 @@ impl Registry {
         let generation = self.user_generations;
         let stats = Arc::new(ActorStats::default());
         stats.set_state(ActorState::Live);
-        let guard = CrashGuard::new(ctx.address(), user.clone(), generation);
-        let (id, config, budget, user_stats) = (
+        let actor = User::new(
             user.clone(),
-            self.config.clone(),
+            &self.config,
             self.budget.clone(),
             stats.clone(),
+            (self.metrics.clone(), self.supervision.clone()),
         );
-        let observers = (self.metrics.clone(), self.supervision.clone());
-        let addr = User::start_in_arbiter(arbiter, move |_| {
-            User::new(id, &config, budget, user_stats, observers, guard)
+        let (tx, rx) = actix::dev::channel::channel(MAILBOX_CAPACITY);
+        let addr = Addr::new(tx);
+        let died = UserDied {
+            user: user.clone(),
+            generation,
+        };
+        let registry = ctx.address();
+        // Like `Actor::start_in_arbiter`, but the actor runs inside a `catch_unwind` of its
+        // own: a panic in one of its handlers ends just this actor, and the registry hears
+        // of it (actix would otherwise run `stopped` and make a crash look like a stop).
+        arbiter.spawn_fn(move || {
+            actix::spawn(async move {
+                let running = Context::with_receiver(rx).into_future(actor);
+                if AssertUnwindSafe(running).catch_unwind().await.is_err() {
+                    registry.do_send(died);
+                }
+            });
         });
         self.directory
             .insert(user.clone(), addr.clone(), stats.clone());

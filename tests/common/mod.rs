@@ -21,6 +21,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &[u8] = b"test secret, long enough for HS256";
 
+/// The admin token of the test server's debug routes.
+pub const ADMIN: &str = "test admin token";
+
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -48,7 +51,9 @@ impl TestServer {
                     .expect("valid config");
                 let app_runtime = runtime.clone();
                 let server = HttpServer::new(move || {
-                    App::new().configure(agentwire::routes(app_runtime.clone()))
+                    App::new()
+                        .configure(agentwire::routes(app_runtime.clone()))
+                        .configure(agentwire::debug_routes(app_runtime.clone(), ADMIN))
                 })
                 .workers(2)
                 .disable_signals()
@@ -358,5 +363,66 @@ pub async fn first_close_code(socket: &mut Socket) -> u16 {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => panic!("expected a close frame, got {other:?}"),
         }
+    }
+}
+
+/// A plain HTTP/1.1 request to `addr`; returns the status and the body. `headers` are extra
+/// header lines, each ending in `\r\n`.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response[9..12].parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+impl TestServer {
+    /// `GET path` on the debug routes, with the admin token.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http(
+            self.addr,
+            "GET",
+            path,
+            None,
+            &format!("Authorization: Bearer {ADMIN}\r\n"),
+        )
+        .await
     }
 }

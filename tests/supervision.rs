@@ -1,0 +1,318 @@
+//! Supervision over real sockets: a user actor that crashes mid-run is restarted and its
+//! client carries on (told to resync), other users never notice, the restart limit
+//! escalates to 1011, and the tree, the log and the metrics show all of it.
+
+mod common;
+
+use std::time::Duration;
+
+use agentwire::{close_code, supervision::SupervisionKind, Config, Fault, UserId};
+use common::{seqs, TestServer};
+use serde_json::{json, Value};
+
+async fn crash(server: &TestServer, user: &str) {
+    server
+        .runtime
+        .inject_fault(Fault::CrashUser(UserId::new(user).unwrap()))
+        .await
+        .expect("the user has an actor");
+}
+
+fn tree_user<'a>(tree: &'a Value, user: &str) -> Option<&'a Value> {
+    tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == user)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_user_actor_is_restarted_and_its_run_ends_properly() {
+    let server = TestServer::start();
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    let alice_epoch = alice.welcome["epoch"].clone();
+    for client in [&mut alice, &mut bob] {
+        client
+            .send(json!({ "type": "start_agent", "user_request": "pace:60:15" }))
+            .await;
+    }
+    for _ in 0..10 {
+        alice.next().await;
+    }
+    crash(&server, "alice").await;
+
+    // Alice: the rest of her stream, then `resync_required` with a new epoch, then the
+    // same run carries on, numbered afresh, to its end.
+    let resync = loop {
+        let frame = alice.next().await;
+        if frame["type"] == "resync_required" {
+            break frame;
+        }
+        assert_eq!(
+            frame["epoch"], alice_epoch,
+            "old numbering before the resync"
+        );
+    };
+    assert_ne!(resync["epoch"], alice_epoch);
+    let after = alice.collect_run().await;
+    assert_eq!(
+        after.last().unwrap()["type"],
+        "agent_completed",
+        "the run ended properly"
+    );
+    let first = resync["seq"].as_u64().unwrap() + 1;
+    let expected: Vec<u64> = (first..first + after.len() as u64).collect();
+    assert_eq!(seqs(&after), expected);
+    assert!(after.iter().all(|f| f["epoch"] == resync["epoch"]));
+
+    // Bob never noticed: one epoch, every event.
+    let bob_frames = bob.collect_run().await;
+    assert_eq!(seqs(&bob_frames), (1..=62).collect::<Vec<_>>());
+    assert!(bob_frames
+        .iter()
+        .all(|f| f["epoch"] == bob.welcome["epoch"]));
+
+    // The tree, the log and the metrics show the restart.
+    let (status, body) = server.admin_get("/debug/tree").await;
+    assert_eq!(status, 200);
+    let tree: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(tree_user(&tree, "alice").unwrap()["stats"]["restarts"], 1);
+    assert_eq!(tree_user(&tree, "bob").unwrap()["stats"]["restarts"], 0);
+    assert_eq!(tree["totals"]["restarts"], 1);
+    let events = server.runtime.supervision_events();
+    assert!(events
+        .iter()
+        .any(|e| e.kind == SupervisionKind::Restart && e.actor == "user:alice"));
+    let (_, metrics) = server.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("agentwire_actor_restarts_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_past_the_restart_limit_escalates_with_1011() {
+    let server = TestServer::start_with(Config {
+        max_restarts: 2,
+        restart_window: Duration::from_secs(60),
+        ..Config::default()
+    });
+    let mut tabs = vec![server.connect("carol").await, server.connect("carol").await];
+    let mut dave = server.connect("dave").await;
+    server.wait_for_sessions(3).await;
+    for _ in 0..2 {
+        crash(&server, "carol").await;
+        for tab in &mut tabs {
+            tab.expect("resync_required").await;
+        }
+    }
+    crash(&server, "carol").await;
+    for tab in &mut tabs {
+        assert_eq!(tab.expect_close().await, close_code::INTERNAL_ERROR);
+    }
+    let snapshot = server.wait_for_sessions(1).await;
+    assert!(!snapshot.users.contains_key("carol"));
+    let events = server.runtime.supervision_events();
+    let restarts = events
+        .iter()
+        .filter(|e| e.kind == SupervisionKind::Restart && e.actor == "user:carol")
+        .count();
+    assert_eq!(restarts, 2);
+    assert!(events
+        .iter()
+        .any(|e| e.kind == SupervisionKind::Escalation && e.actor == "user:carol"));
+    // Dave carries on untouched.
+    dave.send(json!({ "type": "start_agent", "user_request": "stream:3" }))
+        .await;
+    assert_eq!(seqs(&dave.collect_run().await), [1, 2, 3, 4, 5]);
+    // Carol can come back: a fresh actor.
+    let mut again = server.connect("carol").await;
+    again.send(json!({ "type": "ping" })).await;
+    again.expect("pong").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tree_follows_sockets_as_clients_come_and_go() {
+    let server = TestServer::start_with(Config {
+        resume_window: Duration::from_millis(200),
+        ..Config::default()
+    });
+    async fn counts(server: &TestServer) -> Vec<(String, usize)> {
+        let (status, body) = server.admin_get("/debug/tree?format=json").await;
+        assert_eq!(status, 200);
+        let tree: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(tree["kind"], "registry");
+        let mut counts: Vec<(String, usize)> = tree["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                assert_eq!(u["kind"], "user");
+                let sessions = u["children"].as_array().unwrap();
+                assert!(sessions.iter().all(|s| s["kind"] == "session"));
+                (u["id"].as_str().unwrap().to_owned(), sessions.len())
+            })
+            .collect();
+        counts.sort();
+        counts
+    }
+    assert_eq!(counts(&server).await, []);
+    let e1 = server.connect("erin").await;
+    let e2 = server.connect("erin").await;
+    let f1 = server.connect("finn").await;
+    assert_eq!(
+        counts(&server).await,
+        [("erin".into(), 2), ("finn".into(), 1)]
+    );
+    drop(e1);
+    server.wait_for_sessions(2).await;
+    assert_eq!(
+        counts(&server).await,
+        [("erin".into(), 1), ("finn".into(), 1)]
+    );
+    drop(f1);
+    server.wait_for_sessions(1).await;
+    // finn lingers for his resume window with no sessions, then goes.
+    assert_eq!(
+        counts(&server).await,
+        [("erin".into(), 1), ("finn".into(), 0)]
+    );
+    server.wait_for_user_gone("finn").await;
+    assert_eq!(counts(&server).await, [("erin".into(), 1)]);
+    let (_, text) = server.admin_get("/debug/tree?format=text").await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("registry  users=1 sessions=1"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("└── user:erin  live"), "{text}");
+    assert!(lines[2].starts_with("    └── session:"), "{text}");
+    drop(e2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dot_output_is_valid_graphviz() {
+    let server = TestServer::start();
+    let _a = server.connect("gia").await;
+    let _b = server.connect("gia").await;
+    let _c = server.connect("hu \"quoted\" \\ name").await;
+    let (status, dot) = server.admin_get("/debug/tree?format=dot").await;
+    assert_eq!(status, 200);
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("Graphviz `dot` is installed (.ci/run installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "dot rejected:\n{dot}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = String::from_utf8_lossy(&output.stdout);
+    assert!(svg.contains("<svg") && svg.contains("user:gia"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_session_is_cut_off_and_the_log_says_so() {
+    let server = TestServer::start_with(Config {
+        max_session_backlog_frames: 50,
+        resume_hold: Duration::ZERO,
+        ..Config::default()
+    });
+    let mut ivy = server.connect("ivy").await;
+    let snapshot = server.wait_for_sessions(1).await;
+    let session = *snapshot.users["ivy"].sessions.keys().next().unwrap();
+    server
+        .runtime
+        .inject_fault(Fault::StallSession {
+            session: agentwire::SessionId(session),
+            duration: Duration::from_millis(500),
+        })
+        .await
+        .unwrap();
+    let (_, body) = server.admin_get("/debug/tree").await;
+    let tree: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        tree_user(&tree, "ivy").unwrap()["children"][0]["stats"]["state"],
+        "stalled"
+    );
+    let run = server.user("ivy").start_run("t", "app");
+    for i in 0..200 {
+        run.thinking(format!("{i}"));
+    }
+    run.complete("done");
+    // After the stall the socket gets everything up to the cut-off, in order, then 4001.
+    let mut expected = 1;
+    let code = loop {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        match tokio::time::timeout(common::PATIENCE, ivy.socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["seq"], expected);
+                expected += 1;
+            }
+            Ok(Some(Ok(Message::Close(Some(close))))) => break u16::from(close.code),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code, close_code::SLOW_CONSUMER);
+    assert!(expected - 1 <= 51, "at most the backlog limit was queued");
+    let (_, events) = server.admin_get("/debug/events").await;
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"fault_injected") && kinds.contains(&"slow_consumer"),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_with_bounded_labels() {
+    let server = TestServer::start();
+    let (status, _) = common::http(server.addr, "GET", "/metrics", None, "").await;
+    assert_eq!(status, 401, "metrics need the admin token");
+    let mut jo = server.connect("jo-secret-user-name").await;
+    jo.send(json!({ "type": "start_agent", "user_request": "golden" }))
+        .await;
+    jo.collect_run().await;
+    jo.send(json!({ "type": "ping" })).await;
+    jo.expect("pong").await;
+    let kay = server.connect("kay").await;
+    kay.abort();
+    server.wait_for_sessions(1).await;
+    let (status, text) = server.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "agentwire_sessions 1",
+        "agentwire_users 2",
+        "agentwire_connects_total 2",
+        "agentwire_disconnects_total{code=\"1006\"} 1",
+        "agentwire_events_published_total{type=\"agent_started\"} 1",
+        "agentwire_events_delivered_total{type=\"tool_completed\"} 1",
+        "agentwire_delivery_latency_seconds_count",
+        "agentwire_actor_restarts_total 0",
+        "agentwire_backlog{kind=\"session\"}",
+        "# EOF",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    assert!(!text.contains("jo-secret"), "no user ids in metrics");
+}
