@@ -337,3 +337,52 @@ async fn sigterm_drains_every_socket_with_1012_and_exits() {
         "agentwire serve exits cleanly after the drain: {exit:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentwire_tree_prints_the_live_tree() {
+    let server = DemoServer::start();
+    let _a = server.connect("tree-a").await;
+    let _b = server.connect("tree-a").await;
+    let _c = server.connect("tree-b").await;
+    let url = format!("http://{}", server.addr);
+    let tree = |format: &'static str, token: &'static str| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_agentwire"))
+                .args([
+                    "tree",
+                    "--url",
+                    &url,
+                    "--admin-token",
+                    token,
+                    "--format",
+                    format,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = tree("json", "admin test token").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["totals"]["sessions"], 3);
+    assert_eq!(json["totals"]["users"], 2);
+
+    let out = tree("text", "admin test token").await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("registry  users=2 sessions=3"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("session:")).count(), 3);
+
+    let out = tree("dot", "admin test token").await.unwrap();
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("digraph agentwire {"));
+
+    let out = tree("text", "wrong token").await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the admin token"));
+}

@@ -21,6 +21,47 @@ pub enum Command {
     /// Run the demo server: the WebSocket endpoint, a demo login, a simulated agent and a
     /// page to watch it work (the default).
     Serve(ServeArgs),
+    /// Print the live supervision tree of a running server (its /debug/tree route).
+    Tree(TreeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TreeArgs {
+    /// The server's base URL.
+    #[arg(long, env = "AGENTWIRE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The server's admin token.
+    #[arg(long, env = "AGENTWIRE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TreeFormat::Text)]
+    pub format: TreeFormat,
+    /// Refresh until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: how often to refresh, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    pub interval_ms: u64,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum TreeFormat {
+    /// An indented tree, one line per actor.
+    Text,
+    /// Nested JSON nodes.
+    Json,
+    /// Graphviz DOT.
+    Dot,
+}
+
+impl TreeFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TreeFormat::Text => "text",
+            TreeFormat::Json => "json",
+            TreeFormat::Dot => "dot",
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

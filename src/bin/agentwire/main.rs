@@ -1,14 +1,16 @@
-//! The `agentwire` binary: the demo server (`serve`, the default).
+//! The `agentwire` binary: the demo server (`serve`, the default) and the tree inspector
+//! (`tree`).
 //!
 //! `cli` parses the command line, `serve` runs an actix-web server with agentwire mounted,
-//! `demo_agent` is the simulated agent that answers clients, and `demo_login` is the
-//! demo-only token issuer. None of this is part of the library: an application embeds
+//! `demo_agent` is the simulated agent that answers clients, `demo_login` is the demo-only
+//! token issuer, and `tree` prints a running server's supervision tree. None of this is part of the library: an application embeds
 //! `agentwire` with its own authenticator and handler.
 
 mod cli;
 mod demo_agent;
 mod demo_login;
 mod serve;
+mod tree;
 
 use clap::Parser;
 
@@ -17,6 +19,7 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         Some(cli::Command::Serve(args)) => serve::run(args),
+        Some(cli::Command::Tree(args)) => tree::run(args),
         None => serve::run(cli.serve),
     };
     match result {
