@@ -88,7 +88,9 @@ impl Handler<UserDied> for Registry {
             ),
         );
         if member.sessions.is_empty() {
-            member.idle_since = Some(std::time::Instant::now());
+            // Still within its resume window; the window's timer (keyed by the unchanged
+            // idle generation) retires it as before.
+            member.stats.set_state(crate::stats::ActorState::Idle);
         }
         self.users.insert(msg.user, member);
     }
