@@ -22,6 +22,7 @@ use crate::directory::DirectoryReader;
 use crate::event::{AgentEvent, RunMeta};
 use crate::ids::UserId;
 use crate::registry::{PublishToAbsent, Registry};
+use crate::stats::ActorStats;
 
 /// One event on its way to a user's actor, not yet numbered.
 #[derive(Debug, Message)]
@@ -95,6 +96,7 @@ impl Handoff {
 pub(crate) struct LocalBus {
     directory: DirectoryReader,
     registry: Addr<Registry>,
+    registry_stats: Arc<ActorStats>,
     max_user_backlog: u64,
 }
 
@@ -102,11 +104,13 @@ impl LocalBus {
     pub(crate) fn new(
         directory: DirectoryReader,
         registry: Addr<Registry>,
+        registry_stats: Arc<ActorStats>,
         max_user_backlog: u64,
     ) -> Self {
         LocalBus {
             directory,
             registry,
+            registry_stats,
             max_user_backlog,
         }
     }
@@ -137,6 +141,7 @@ impl Bus for LocalBus {
             sent: 0,
         });
         via.sent += 1;
+        self.registry_stats.queued(0);
         self.registry.do_send(PublishToAbsent {
             user: stream.user.clone(),
             event,

@@ -206,7 +206,12 @@ impl Metrics {
             .flat_map(|u| u.sessions.values())
             .map(|s| s.backlog)
             .sum();
-        for (kind, value) in [("user", user_backlog), ("session", session_backlog)] {
+        let kinds = [
+            ("registry", snapshot.registry.backlog),
+            ("user", user_backlog),
+            ("session", session_backlog),
+        ];
+        for (kind, value) in kinds {
             self.backlog
                 .get_or_create(&ActorKind { kind })
                 .set(value as i64);

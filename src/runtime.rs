@@ -20,6 +20,7 @@ use crate::ids::{SessionId, UserId};
 use crate::metrics::Metrics;
 use crate::registry::{DrainAll, Fault, InjectFault, Registry, RegistrySnapshot, Snapshot};
 use crate::replay::ReplayBudget;
+use crate::stats::ActorStats;
 use crate::supervision::{SupervisionEvent, SupervisionLog};
 
 /// What every actor of one runtime shares. Crate-private: outside code holds a [`Runtime`].
@@ -33,6 +34,8 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     pub metrics: Arc<Metrics>,
     pub supervision: Arc<SupervisionLog>,
+    /// The registry's mailbox counters (senders count what they queue).
+    pub registry_stats: Arc<ActorStats>,
     next_session: AtomicU64,
 }
 
@@ -183,13 +186,23 @@ impl RuntimeBuilder {
         let budget = ReplayBudget::new(config.max_replay_bytes);
         let metrics = Arc::new(Metrics::default());
         let supervision = Arc::new(SupervisionLog::default());
+        let registry_stats = Arc::new(ActorStats::default());
         let observers = (metrics.clone(), supervision.clone());
+        let stats = registry_stats.clone();
         let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Registry::new(registry_config, observers, writer, budget, user_arbiters)
+            Registry::new(
+                registry_config,
+                observers,
+                stats,
+                writer,
+                budget,
+                user_arbiters,
+            )
         });
         let bus: SharedBus = Arc::new(LocalBus::new(
             reader,
             registry.clone(),
+            registry_stats.clone(),
             config.max_user_backlog,
         ));
         Ok(Runtime {
@@ -202,6 +215,7 @@ impl RuntimeBuilder {
                 draining: AtomicBool::new(false),
                 metrics,
                 supervision,
+                registry_stats,
                 next_session: AtomicU64::new(1),
             }),
         })

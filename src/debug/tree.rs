@@ -32,6 +32,8 @@ pub struct Totals {
     pub users: usize,
     /// Open sockets.
     pub sessions: usize,
+    /// Messages waiting in the registry's mailbox.
+    pub registry_backlog: u64,
     /// Messages waiting in all user actors' mailboxes.
     pub user_backlog: u64,
     /// Frames waiting for all sessions.
@@ -51,6 +53,7 @@ impl From<&RegistrySnapshot> for TreeNode {
         let mut totals = Totals {
             users: snapshot.users.len(),
             sessions: snapshot.session_count(),
+            registry_backlog: snapshot.registry.backlog,
             user_backlog: 0,
             session_backlog: 0,
             replay_bytes: snapshot.replay_bytes,
@@ -112,10 +115,11 @@ impl TreeNode {
     fn summary(&self) -> String {
         if let Some(t) = &self.totals {
             return format!(
-                "users={} sessions={} backlog(users)={} backlog(sessions)={} replay={}B \
-                 restarts={} dropped(no user)={}{}",
+                "users={} sessions={} backlog(registry)={} backlog(users)={} \
+                 backlog(sessions)={} replay={}B restarts={} dropped(no user)={}{}",
                 t.users,
                 t.sessions,
+                t.registry_backlog,
                 t.user_backlog,
                 t.session_backlog,
                 t.replay_bytes,

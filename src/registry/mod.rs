@@ -66,6 +66,9 @@ struct Member {
 
 pub(crate) struct Registry {
     config: Arc<Config>,
+    /// Counters of this actor's mailbox: senders count Connect, Disconnect and
+    /// PublishToAbsent as queued; the handlers count them handled.
+    stats: Arc<ActorStats>,
     metrics: Arc<Metrics>,
     supervision: Arc<SupervisionLog>,
     directory: DirectoryWriter,
@@ -87,6 +90,7 @@ impl Registry {
     pub(crate) fn new(
         config: Arc<Config>,
         observers: (Arc<Metrics>, Arc<SupervisionLog>),
+        stats: Arc<ActorStats>,
         directory: DirectoryWriter,
         budget: Arc<ReplayBudget>,
         user_arbiters: Vec<ArbiterHandle>,
@@ -94,6 +98,7 @@ impl Registry {
         let (metrics, supervision) = observers;
         Registry {
             config,
+            stats,
             metrics,
             supervision,
             directory,
@@ -207,6 +212,7 @@ impl Handler<Connect> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Connect, ctx: &mut Self::Context) {
+        self.stats.handled(0);
         if self.draining {
             msg.addr.do_send(CloseSession(close_code::SERVICE_RESTART));
             return;
@@ -296,6 +302,7 @@ impl Handler<Disconnect> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
+        self.stats.handled(0);
         let Some(member) = self.users.get_mut(&msg.user) else {
             return;
         };
@@ -351,6 +358,7 @@ impl Handler<PublishToAbsent> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: PublishToAbsent, _: &mut Self::Context) {
+        self.stats.handled(0);
         match self.users.get(&msg.user) {
             // The actor exists (the emitter raced its creation): deliver in order.
             Some(member) => {

@@ -26,6 +26,9 @@ pub struct RegistrySnapshot {
     pub replay_bytes: usize,
     /// True once shutdown began.
     pub draining: bool,
+    /// The registry's own counters (its mailbox backlog: connects, disconnects and events
+    /// for users without an actor, waiting).
+    pub registry: StatsSnapshot,
 }
 
 impl RegistrySnapshot {
@@ -72,6 +75,7 @@ impl Handler<Snapshot> for Registry {
             dropped_for_absent_users: self.dropped_for_absent_users,
             replay_bytes: self.budget.used(),
             draining: self.draining,
+            registry: self.stats.snapshot(),
         })
     }
 }

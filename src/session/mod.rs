@@ -170,6 +170,7 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         log::debug!("session:{}: opened for user:{}", self.id, self.user_id);
+        self.shared.registry_stats.queued(0);
         self.shared.registry.do_send(Connect {
             session_id: self.id,
             user: self.user_id.clone(),
@@ -187,6 +188,7 @@ impl Actor for Session {
         let code = self.closed_with.unwrap_or(ABNORMAL_CLOSURE);
         log::debug!("session:{}: closed ({code})", self.id);
         self.shared.metrics.disconnected(code);
+        self.shared.registry_stats.queued(0);
         self.shared.registry.do_send(Disconnect {
             session_id: self.id,
             user: self.user_id.clone(),
