@@ -51,6 +51,8 @@ pub(crate) enum DropReason {
     SlowConsumer,
     /// Still queued to a user actor that crashed.
     Crashed,
+    /// The session was being closed by a drain.
+    Draining,
 }
 
 impl DropReason {
@@ -60,6 +62,7 @@ impl DropReason {
             DropReason::StoppedRun => "stopped_run",
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::Crashed => "crashed",
+            DropReason::Draining => "draining",
         }
     }
 }

@@ -54,7 +54,11 @@ pub struct SupervisionLog {
 
 impl SupervisionLog {
     pub(crate) fn record(&self, kind: SupervisionKind, actor: String, reason: String) {
-        log::warn!("{actor}: {kind:?}: {reason}");
+        let name = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        log::warn!("{actor}: {name}: {reason}");
         let event = SupervisionEvent {
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             kind,

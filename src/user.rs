@@ -47,8 +47,9 @@ struct Member {
     welcome_seq: u64,
     /// The last event `seq` queued to the session.
     last_sent_seq: u64,
-    /// Over the backlog limit (or draining): nothing more is queued, a close is on its way.
-    cut_off: bool,
+    /// Set when the session gets nothing more (slow consumer, or drain): why, for the
+    /// drop metrics. Its close is on its way.
+    cut_off: Option<DropReason>,
     /// A resume was answered on this socket; later ones get no second replay.
     resumed: bool,
 }
@@ -84,6 +85,7 @@ impl User {
         budget: Arc<ReplayBudget>,
         stats: Arc<ActorStats>,
         observers: (Arc<Metrics>, Arc<SupervisionLog>),
+        running_requests: Arc<AtomicUsize>,
     ) -> Self {
         let (metrics, supervision) = observers;
         User {
@@ -97,7 +99,7 @@ impl User {
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             max_backlog_frames: config.max_session_backlog_frames,
             max_backlog_bytes: config.max_session_backlog_bytes,
-            running_requests: Arc::default(),
+            running_requests,
             metrics,
             supervision,
         }
@@ -126,14 +128,13 @@ impl User {
             if !wants(member, meta) {
                 continue;
             }
-            if !member.cut_off
+            if member.cut_off.is_none()
                 && over_backlog(member, 1, self.max_backlog_frames, self.max_backlog_bytes)
             {
                 cut_off(&self.id, member, &self.supervision);
             }
-            if member.cut_off {
-                self.metrics
-                    .dropped(event_type, DropReason::SlowConsumer, 1);
+            if let Some(reason) = member.cut_off {
+                self.metrics.dropped(event_type, reason, 1);
                 continue;
             }
             member.stats.queued(frame.len());
@@ -160,7 +161,7 @@ impl User {
         let Some(member) = self.sessions.iter_mut().find(|m| m.id == session) else {
             return;
         };
-        if member.cut_off {
+        if member.cut_off.is_some() {
             return;
         }
         member.resumed = true;
@@ -225,7 +226,7 @@ fn cut_off(user: &UserId, member: &mut Member, supervision: &SupervisionLog) {
             member.last_sent_seq
         ),
     );
-    member.cut_off = true;
+    member.cut_off = Some(DropReason::SlowConsumer);
     member.stats.set_state(ActorState::CutOff);
     member.addr.do_send(CloseSession(close_code::SLOW_CONSUMER));
 }
@@ -291,7 +292,7 @@ impl Handler<Attach> for User {
             thread: None,
             welcome_seq: self.seq,
             last_sent_seq: self.seq,
-            cut_off: false,
+            cut_off: None,
             resumed: false,
         };
         member.addr.do_send(Welcome {
@@ -350,7 +351,8 @@ impl Handler<Drain> for User {
 
     fn handle(&mut self, _: Drain, _: &mut Self::Context) {
         for member in &mut self.sessions {
-            member.cut_off = true;
+            member.cut_off = Some(DropReason::Draining);
+            member.stats.set_state(ActorState::CutOff);
             member
                 .addr
                 .do_send(CloseSession(close_code::SERVICE_RESTART));

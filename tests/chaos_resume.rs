@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,7 @@ async fn socket_slot(
     start_run: bool,
     kill: Arc<Notify>,
     seed: u64,
+    progress: Arc<AtomicU64>,
 ) -> Record {
     let epoch = client.welcome["epoch"].as_str().unwrap().to_owned();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -95,6 +97,7 @@ async fn socket_slot(
                         let seq = frame["seq"].as_u64().unwrap();
                         assert_eq!(seq, last_seq + 1, "{user}: gap or duplicate");
                         last_seq = seq;
+                        progress.store(seq, Ordering::Relaxed);
                         let done = frame["type"] == "agent_completed";
                         record.events.push(frame);
                         if done {
@@ -135,8 +138,11 @@ async fn sockets_reset_at_random_resume_with_every_event_exactly_once() {
     let kills: Vec<Arc<Notify>> = (0..clients.len())
         .map(|_| Arc::new(Notify::new()))
         .collect();
+    let progress: Vec<Arc<AtomicU64>> = (0..clients.len()).map(|_| Arc::default()).collect();
     let mut slots = Vec::new();
+    let mut users = Vec::new();
     for (i, (user, start_run, client)) in clients.into_iter().enumerate() {
+        users.push(user.clone());
         slots.push(tokio::spawn(socket_slot(
             server.clone(),
             user,
@@ -144,6 +150,7 @@ async fn sockets_reset_at_random_resume_with_every_event_exactly_once() {
             start_run,
             kills[i].clone(),
             seed.wrapping_add(i as u64),
+            progress[i].clone(),
         )));
     }
 
@@ -158,14 +165,33 @@ async fn sockets_reset_at_random_resume_with_every_event_exactly_once() {
         resets += 1;
     }
 
-    let mut records = Vec::new();
-    for slot in slots {
-        let record = tokio::time::timeout(Duration::from_secs(60), slot)
-            .await
-            .expect("every run ends")
-            .expect("slot task");
-        records.push(record);
-    }
+    // Correctness, not speed, is under test: the deadline is generous, and if it passes
+    // the failure says which sockets stalled where, and what the server thinks of them.
+    let all = futures_util::future::join_all(slots);
+    let records: Vec<Record> = match tokio::time::timeout(Duration::from_secs(180), all).await {
+        Ok(results) => results.into_iter().map(|r| r.expect("slot task")).collect(),
+        Err(_) => {
+            let snapshot = server.runtime.snapshot().await.unwrap();
+            let stalled: Vec<String> = progress
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.load(Ordering::Relaxed) < EVENTS)
+                .map(|(i, p)| {
+                    let user = &users[i];
+                    format!(
+                        "{user} slot {i} at seq {} (server: {:?})",
+                        p.load(Ordering::Relaxed),
+                        snapshot.users.get(user)
+                    )
+                })
+                .collect();
+            panic!(
+                "{} socket(s) never saw their run end:\n{}",
+                stalled.len(),
+                stalled.join("\n")
+            );
+        }
+    };
     let reconnects: u32 = records.iter().map(|r| r.reconnects).sum();
     eprintln!("{resets} resets requested, {reconnects} reconnects with resume");
     assert!(reconnects >= 200, "the chaos actually happened");

@@ -316,3 +316,34 @@ async fn metrics_are_prometheus_text_with_bounded_labels() {
     }
     assert!(!text.contains("jo-secret"), "no user ids in metrics");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sockets_thread_filter_survives_a_restart() {
+    let server = TestServer::start();
+    let mut lee = server.connect("lee").await;
+    lee.send(json!({ "type": "switch_thread", "thread_id": "t1" }))
+        .await;
+    lee.expect("thread_switched").await;
+    crash(&server, "lee").await;
+    lee.expect("resync_required").await;
+    assert_eq!(lee.expect("thread_switched").await["thread_id"], "t1");
+    for thread in ["t2", "t1"] {
+        let run = server.user("lee").start_run(thread, "app");
+        run.complete(thread);
+    }
+    let frames = lee.collect_run().await;
+    assert!(frames.iter().all(|f| f["thread_id"] == "t1"), "{frames:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_needs_the_admin_token_before_anything_else() {
+    let server = TestServer::start();
+    let (status, _) = common::http(server.addr, "POST", "/debug/fault", Some("{oops"), "").await;
+    assert_eq!(status, 401);
+    let auth = format!("Authorization: Bearer {}\r\n", common::ADMIN);
+    let (status, _) = common::http(server.addr, "POST", "/debug/fault", Some("{oops"), &auth).await;
+    assert_eq!(status, 400);
+    let body = r#"{"action":"crash_user","user":"nobody"}"#;
+    let (status, _) = common::http(server.addr, "POST", "/debug/fault", Some(body), &auth).await;
+    assert_eq!(status, 404);
+}

@@ -2,8 +2,9 @@
 //! Prometheus metrics, all behind an admin token.
 //!
 //! Off unless the application mounts [`debug_routes`]; `agentwire serve` mounts them. Every
-//! request needs `Authorization: Bearer <admin token>` (compared in constant time); anything
-//! else gets 401.
+//! data route needs `Authorization: Bearer <admin token>` (compared in constant time);
+//! anything else gets 401. The page at `/debug` holds no data and is served to anyone: it
+//! asks for the token and sends it with each request it makes.
 //!
 //! - `GET /debug`: a page showing the tree live, sortable and filterable.
 //! - `GET /debug/tree?format=json|dot|text`: the tree (see [`TreeNode`]).
@@ -156,12 +157,18 @@ enum FaultRequest {
 
 async fn fault(
     req: HttpRequest,
-    body: web::Json<FaultRequest>,
+    body: web::Bytes,
     runtime: web::Data<Runtime>,
     token: web::Data<AdminToken>,
 ) -> HttpResponse {
     require_admin!(req, token);
-    let fault = match body.into_inner() {
+    let request: FaultRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return HttpResponse::BadRequest().body(format!("bad fault request: {error}"))
+        }
+    };
+    let fault = match request {
         FaultRequest::CrashUser { user } => match UserId::new(&user) {
             Ok(user) => Fault::CrashUser(user),
             Err(error) => return HttpResponse::BadRequest().body(error.to_string()),

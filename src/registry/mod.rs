@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,9 @@ struct Member {
     generation: u64,
     /// Recent crashes, for the restart-intensity limit.
     restarts: RestartHistory,
+    /// The user's client requests running in handler tasks; kept across restarts, since
+    /// those tasks outlive a crashed actor.
+    running_requests: Arc<AtomicUsize>,
     /// Since when the user has had no socket (its resume window is running).
     idle_since: Option<Instant>,
     /// Which idle period the running expiry timer belongs to (from the registry's counter,
@@ -118,6 +122,7 @@ impl Registry {
     fn spawn_user(
         &mut self,
         user: &UserId,
+        running_requests: Arc<AtomicUsize>,
         ctx: &mut Context<Self>,
     ) -> (Addr<User>, Arc<ActorStats>, u64) {
         let arbiter = &self.user_arbiters[self.next_arbiter % self.user_arbiters.len()];
@@ -132,6 +137,7 @@ impl Registry {
             self.budget.clone(),
             stats.clone(),
             (self.metrics.clone(), self.supervision.clone()),
+            running_requests,
         );
         let (tx, rx) = actix::dev::channel::channel(MAILBOX_CAPACITY);
         let addr = Addr::new(tx);
@@ -247,13 +253,16 @@ impl Handler<Connect> for Registry {
                 msg.addr.do_send(CloseSession(close_code::TRY_AGAIN_LATER));
                 return;
             }
-            let (addr, stats, generation) = self.spawn_user(&msg.user, ctx);
+            let running_requests = Arc::new(AtomicUsize::new(0));
+            let (addr, stats, generation) =
+                self.spawn_user(&msg.user, running_requests.clone(), ctx);
             let member = Member {
                 addr,
                 stats,
                 sessions: HashMap::new(),
                 generation,
                 restarts: RestartHistory::default(),
+                running_requests,
                 idle_since: None,
                 idle_generation: 0,
             };

@@ -62,7 +62,8 @@ impl Handler<UserDied> for Registry {
             );
             return;
         }
-        let (addr, stats, generation) = self.spawn_user(&msg.user, ctx);
+        let (addr, stats, generation) =
+            self.spawn_user(&msg.user, member.running_requests.clone(), ctx);
         stats.inherit_restarts(&member.stats);
         stats.restarted();
         member.addr = addr.clone();

@@ -26,11 +26,11 @@ pub(crate) enum Flow {
     Connecting,
     /// After the welcome, before the client's first frame (up to `resume_hold`): live
     /// frames are held.
-    Holding(Vec<Frame>),
+    Holding(Vec<Deliver>),
     /// A resume is being answered: live frames are held until the replay is written.
-    Replaying(Vec<Frame>),
+    Replaying(Vec<Deliver>),
     /// Fault injection: writing nothing (as if the client stopped reading) until a timer.
-    Stalled(Vec<Frame>),
+    Stalled(Vec<Deliver>),
     /// Frames are written as they come.
     Live,
 }
@@ -52,14 +52,25 @@ impl Session {
         ctx.text(frame);
     }
 
+    /// Writes a frame the user's actor posted, counting agent events as delivered.
+    fn deliver(&self, ctx: &mut ws::WebsocketContext<Self>, deliver: Deliver) {
+        self.write(ctx, deliver.frame);
+        if let Some((event_type, emitted_at)) = deliver.event {
+            let latency = emitted_at.elapsed().unwrap_or_default();
+            self.shared
+                .metrics
+                .delivered(event_type, latency.as_secs_f64());
+        }
+    }
+
     /// Writes the frames held back since the welcome, and goes live.
     pub(super) fn release(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         self.stats.set_state(ActorState::Live);
         if let Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) =
             std::mem::replace(&mut self.flow, Flow::Live)
         {
-            for frame in held {
-                self.write(ctx, frame);
+            for deliver in held {
+                self.deliver(ctx, deliver);
             }
         }
     }
@@ -86,18 +97,8 @@ impl Handler<Deliver> for Session {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         match &mut self.flow {
-            Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) => {
-                held.push(msg.frame)
-            }
-            Flow::Connecting | Flow::Live => {
-                self.write(ctx, msg.frame);
-                if let Some((event_type, emitted_at)) = msg.event {
-                    let latency = emitted_at.elapsed().unwrap_or_default();
-                    self.shared
-                        .metrics
-                        .delivered(event_type, latency.as_secs_f64());
-                }
-            }
+            Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) => held.push(msg),
+            Flow::Connecting | Flow::Live => self.deliver(ctx, msg),
         }
     }
 }
@@ -125,9 +126,17 @@ impl Handler<Welcome> for Session {
             running_requests: msg.running_requests,
         });
         if msg.after_restart {
-            // What the old actor queued goes out first, then the news of the new numbering.
+            // What the old actor queued goes out first, then the news of the new numbering;
+            // the new actor learns this socket's thread filter again (and acknowledges it).
             self.release(ctx);
             self.write(ctx, msg.frame);
+            if let (Some(thread), Some(user)) = (&self.thread_filter, &self.user) {
+                user.addr.do_send(crate::user::SwitchThread {
+                    session_id: self.id,
+                    thread_id: Some(thread.clone()),
+                    client_ref: None,
+                });
+            }
             return;
         }
         self.write(ctx, msg.frame);

@@ -74,6 +74,9 @@ pub(crate) struct Session {
     stats: Arc<ActorStats>,
     /// The close code the socket ended with, once known (for the disconnect metrics).
     closed_with: Option<u16>,
+    /// The last `switch_thread` the client asked for, re-applied if the user's actor is
+    /// restarted.
+    thread_filter: Option<String>,
 }
 
 /// Who the socket belongs to, from the authenticator, and what the upgrade asked for.
@@ -107,6 +110,7 @@ pub(crate) fn upgrade(
         last_heard: now,
         stats: Arc::new(ActorStats::default()),
         closed_with: None,
+        thread_filter: None,
     };
     let offered: Vec<&str> = start.subprotocol.as_deref().into_iter().collect();
     ws::WsResponseBuilder::new(session, req, payload)

@@ -116,11 +116,14 @@ impl Session {
                 run_id,
                 client_ref,
             }),
-            ClientMessage::SwitchThread { thread_id } => user.do_send(user::SwitchThread {
-                session_id: self.id,
-                thread_id,
-                client_ref,
-            }),
+            ClientMessage::SwitchThread { thread_id } => {
+                self.thread_filter.clone_from(&thread_id);
+                user.do_send(user::SwitchThread {
+                    session_id: self.id,
+                    thread_id,
+                    client_ref,
+                })
+            }
             ClientMessage::Resume { epoch, last_seq } => user.do_send(user::Resume {
                 session_id: self.id,
                 epoch,

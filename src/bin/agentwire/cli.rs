@@ -23,6 +23,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the live supervision tree of a running server (its /debug/tree route).
     Tree(TreeArgs),
+    /// Load benchmarks through the wire protocol (see docs/benchmarks.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,11 +1,13 @@
-//! The `agentwire` binary: the demo server (`serve`, the default) and the tree inspector
-//! (`tree`).
+//! The `agentwire` binary: the demo server (`serve`, the default), the tree inspector
+//! (`tree`) and the load benchmarks (`bench`).
 //!
 //! `cli` parses the command line, `serve` runs an actix-web server with agentwire mounted,
 //! `demo_agent` is the simulated agent that answers clients, `demo_login` is the demo-only
-//! token issuer, and `tree` prints a running server's supervision tree. None of this is part of the library: an application embeds
+//! token issuer, `tree` prints a running server's supervision tree, and `bench` drives load
+//! through the wire protocol. None of this is part of the library: an application embeds
 //! `agentwire` with its own authenticator and handler.
 
+mod bench;
 mod cli;
 mod demo_agent;
 mod demo_login;
@@ -20,6 +22,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(cli::Command::Serve(args)) => serve::run(args),
         Some(cli::Command::Tree(args)) => tree::run(args),
+        Some(cli::Command::Bench(args)) => bench::run(args),
         None => serve::run(cli.serve),
     };
     match result {

@@ -2,7 +2,8 @@
 //!
 //! Mounts agentwire at `/ws` with an HS256 `JwtAuthenticator` and the simulated agent, the
 //! demo-only login at `/demo/login`, and the demo page at `/` (with the reusable JavaScript
-//! client at `/agentwire.js`), and the admin-only `/debug/tree`. Prints the address it listens on, and the secrets it generated.
+//! client at `/agentwire.js`), and the admin-only operator routes (`/debug`, `/metrics`).
+//! Prints the address it listens on, and the secrets it generated.
 
 use std::time::Duration;
 

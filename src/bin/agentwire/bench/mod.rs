@@ -1,0 +1,229 @@
+//! `agentwire bench`: load benchmarks driven only through the wire protocol.
+//!
+//! Without `--url` it starts the server under test as a separate process on a loopback port
+//! (so its own RSS and CPU time are read from /proc), ramps up connections spread over
+//! several loopback source addresses, drives synthetic runs (`start_agent` with
+//! `context.synthetic`), checks every event it counts (`client`), and reports throughput,
+//! latency percentiles, connect rate, memory and CPU per event (`report`). With
+//! `--compare baseline` each scenario also runs against the actor-free baseline server.
+
+mod client;
+mod report;
+mod server;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use jsonwebtoken::{encode, EncodingKey, Header};
+
+use client::{ClientPlan, ClientRecord};
+pub use report::Outcome;
+use server::Server;
+pub use server::Target;
+
+/// Loopback source addresses the clients spread over (127.0.0.1 .. 127.0.0.N), so that
+/// 20,000 sockets do not exhaust one address's ephemeral ports.
+const SOURCE_ADDRESSES: u8 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Connect sockets and hold them: server memory per socket.
+    Idle,
+    /// Flat-out synthetic runs on every user: throughput and CPU per event.
+    Fanout,
+    /// Runs paced at `--interval-ms`: latency under a steady load.
+    Paced,
+    /// Sockets connecting and leaving continuously while runs stream: connects per second.
+    Churn,
+    /// Paced load with a tenth of the sockets not reading: the others' latency.
+    SlowConsumer,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = Scenario::Fanout)]
+    pub scenario: Scenario,
+    /// Sockets in total.
+    #[arg(long, default_value_t = 1_000)]
+    pub sockets: usize,
+    /// Sockets per user (users = sockets / this).
+    #[arg(long, default_value_t = 1)]
+    pub sockets_per_user: usize,
+    /// Events per synthetic run.
+    #[arg(long, default_value_t = 1_000)]
+    pub events: u64,
+    /// Milliseconds between a run's events (0 = flat out).
+    #[arg(long, default_value_t = 0)]
+    pub interval_ms: u64,
+    /// How long to drive load, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Drive an already running server instead of starting one (needs its --jwt-secret).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The HS256 secret to sign client tokens with (a random one for a started server).
+    #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Also run against the baseline server, interleaved, and report the ratios.
+    #[arg(long, value_enum)]
+    pub compare: Option<Target>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Draw latency percentiles and throughput over time as SVG here.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let limit = server::raise_fd_limit();
+    eprintln!("open-file limit: {limit} (raised to the hard limit)");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let secret = args.jwt_secret.clone().unwrap_or_else(|| {
+        let bytes: [u8; 16] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let mut targets = vec![Target::Agentwire];
+    if let Some(other) = args.compare {
+        if args.url.is_some() {
+            return Err("--compare starts both servers itself; drop --url".into());
+        }
+        targets.push(other);
+    }
+    let mut outcomes = Vec::new();
+    for target in targets {
+        let server = match &args.url {
+            Some(url) => {
+                let host = url
+                    .trim_start_matches("http://")
+                    .trim_start_matches("ws://");
+                let host = host.split('/').next().unwrap_or(host);
+                Server::existing(host.parse().map_err(|e| format!("--url {url}: {e}"))?)
+            }
+            None => Server::start(target, &secret)?,
+        };
+        eprintln!(
+            "{}: {:?} against {}",
+            target.name(),
+            args.scenario,
+            server.addr
+        );
+        let outcome = runtime.block_on(scenario(&args, &server, &secret, target))?;
+        drop(server);
+        outcomes.push(outcome);
+    }
+    report::print(&outcomes);
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&args, &outcomes))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report::svg(&outcomes))?;
+    }
+    if outcomes.iter().any(|o| !o.correct()) {
+        return Err("events were lost, duplicated, misdelivered or left unfinished".into());
+    }
+    Ok(())
+}
+
+fn token(secret: &str, user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 24 * 3600;
+    encode(
+        &Header::default(),
+        &serde_json::json!({ "sub": user, "exp": exp }),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+async fn scenario(
+    args: &BenchArgs,
+    server: &Server,
+    secret: &str,
+    target: Target,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let sockets = args.sockets.max(1);
+    let per_user = args.sockets_per_user.max(1);
+    let duration = Duration::from_secs(args.duration_s.max(1));
+    let (runs, interval_ms) = match args.scenario {
+        Scenario::Idle => (false, args.interval_ms),
+        Scenario::Fanout => (true, 0),
+        Scenario::Paced | Scenario::SlowConsumer | Scenario::Churn => {
+            (true, args.interval_ms.max(1))
+        }
+    };
+    let before = server.usage();
+    let bench_start = Instant::now();
+    // Everyone connects first (the ramp); then load runs for `duration`.
+    let ready = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go) = tokio::sync::watch::channel(None);
+    let mut handles = Vec::with_capacity(sockets);
+    let mut tokens = std::collections::HashMap::new();
+    for i in 0..sockets {
+        let user = format!("bench-{}-{}", target.name(), i / per_user);
+        let token = tokens
+            .entry(user.clone())
+            .or_insert_with(|| token(secret, &user))
+            .clone();
+        let plan = ClientPlan {
+            server: server.addr,
+            source: IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (i % SOURCE_ADDRESSES as usize) as u8,
+            )),
+            user,
+            token,
+            drives_runs: runs && i % per_user == 0,
+            events_per_run: args.events.max(2),
+            interval_ms,
+            ready: ready.clone(),
+            go: go.clone(),
+            stop_reading: args.scenario == Scenario::SlowConsumer && i % 10 == 9,
+        };
+        handles.push(tokio::spawn(client::run(plan, bench_start)));
+        if i % 250 == 249 {
+            eprint!("\rconnecting {}/{sockets}", i + 1);
+            tokio::task::yield_now().await;
+        }
+    }
+    let ramp_deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = ready.load(Ordering::SeqCst);
+        eprint!("\rconnected {done}/{sockets}   ");
+        if done >= sockets || Instant::now() > ramp_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ramp = bench_start.elapsed();
+    eprintln!(
+        "\rconnected {}/{sockets} in {:.2} s",
+        ready.load(Ordering::SeqCst),
+        ramp.as_secs_f64()
+    );
+    let connected_usage = server.usage();
+    let load_start = Instant::now();
+    let _ = go_tx.send(Some(load_start + duration));
+    let mut records: Vec<ClientRecord> = Vec::with_capacity(sockets);
+    for handle in handles {
+        records.push(handle.await?);
+    }
+    let after = server.usage();
+    Ok(Outcome::new(
+        target,
+        args.scenario,
+        records,
+        (ramp, load_start.duration_since(bench_start), duration),
+        (before, connected_usage, after),
+    ))
+}

@@ -1,0 +1,363 @@
+//! What a benchmark run measured, and how it is shown: a short table on stdout, a JSON
+//! file with stable field names, and an SVG chart (latency percentiles, throughput over
+//! time).
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::client::ClientRecord;
+use super::server::{ProcessUsage, Target};
+use super::{BenchArgs, Scenario};
+
+/// The figures of one scenario against one server.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub target: &'static str,
+    pub scenario: String,
+    pub sockets: usize,
+    pub connected: usize,
+    pub failed: usize,
+    pub events: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub misdelivered: u64,
+    pub unfinished_runs: u64,
+    pub delivered_per_sec: f64,
+    pub latency_us: Percentiles,
+    pub connects_per_sec: f64,
+    pub server_rss_bytes_per_socket: Option<f64>,
+    pub server_cpu_us_per_event: Option<f64>,
+    /// Events received in each second of the load phase.
+    pub throughput_per_sec: Vec<u64>,
+    /// The first few client errors, for diagnosis.
+    pub errors: Vec<String>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p99_9: u64,
+    pub max: u64,
+}
+
+impl Outcome {
+    pub(super) fn new(
+        target: Target,
+        scenario: Scenario,
+        records: Vec<ClientRecord>,
+        phases: (Duration, Duration, Duration),
+        usage: (
+            Option<ProcessUsage>,
+            Option<ProcessUsage>,
+            Option<ProcessUsage>,
+        ),
+    ) -> Outcome {
+        let (ramp, load_offset, _) = phases;
+        let (before, connected_usage, after) = usage;
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        let mut timeline: Vec<u64> = Vec::new();
+        let mut outcome = Outcome {
+            target: target.name(),
+            scenario: format!("{scenario:?}").to_lowercase(),
+            sockets: records.len(),
+            connected: 0,
+            failed: 0,
+            events: 0,
+            lost: 0,
+            duplicated: 0,
+            misdelivered: 0,
+            unfinished_runs: 0,
+            delivered_per_sec: 0.0,
+            latency_us: Percentiles {
+                p50: 0,
+                p90: 0,
+                p99: 0,
+                p99_9: 0,
+                max: 0,
+            },
+            connects_per_sec: 0.0,
+            server_rss_bytes_per_socket: None,
+            server_cpu_us_per_event: None,
+            throughput_per_sec: Vec::new(),
+            errors: Vec::new(),
+        };
+        for record in &records {
+            if record.connected {
+                outcome.connected += 1;
+            } else {
+                outcome.failed += 1;
+            }
+            outcome.events += record.events;
+            outcome.lost += record.lost;
+            outcome.duplicated += record.duplicated;
+            outcome.misdelivered += record.misdelivered;
+            outcome.unfinished_runs += record.unfinished_runs;
+            let _ = latency.add(&record.latency_us);
+            if timeline.len() < record.per_second.len() {
+                timeline.resize(record.per_second.len(), 0);
+            }
+            for (second, count) in record.per_second.iter().enumerate() {
+                timeline[second] += count;
+            }
+            if let Some(error) = &record.error {
+                if outcome.errors.len() < 5 {
+                    outcome.errors.push(error.clone());
+                }
+            }
+        }
+        let first = load_offset.as_secs() as usize;
+        let active: Vec<u64> = timeline.into_iter().skip(first).collect();
+        let last_busy = active.iter().rposition(|c| *c > 0).map_or(0, |i| i + 1);
+        outcome.throughput_per_sec = active[..last_busy].to_vec();
+        if last_busy > 0 {
+            outcome.delivered_per_sec = outcome.events as f64 / last_busy as f64;
+        }
+        if !latency.is_empty() {
+            outcome.latency_us = Percentiles {
+                p50: latency.value_at_quantile(0.5),
+                p90: latency.value_at_quantile(0.9),
+                p99: latency.value_at_quantile(0.99),
+                p99_9: latency.value_at_quantile(0.999),
+                max: latency.max(),
+            };
+        }
+        outcome.connects_per_sec = outcome.connected as f64 / ramp.as_secs_f64().max(1e-3);
+        if let (Some(before), Some(connected)) = (before, connected_usage) {
+            if outcome.connected > 0 {
+                let grown = connected.rss_bytes.saturating_sub(before.rss_bytes);
+                outcome.server_rss_bytes_per_socket = Some(grown as f64 / outcome.connected as f64);
+            }
+        }
+        if let (Some(connected), Some(after)) = (connected_usage, after) {
+            if outcome.events > 0 {
+                let cpu = after.cpu_micros.saturating_sub(connected.cpu_micros);
+                outcome.server_cpu_us_per_event = Some(cpu as f64 / outcome.events as f64);
+            }
+        }
+        outcome
+    }
+
+    /// No event lost, duplicated, misdelivered, and every run ended.
+    pub fn correct(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.misdelivered == 0
+            && self.unfinished_runs == 0
+    }
+}
+
+fn opt(value: Option<f64>, scale: f64, digits: usize) -> String {
+    value.map_or("n/a".to_owned(), |v| format!("{:.*}", digits, v / scale))
+}
+
+/// Prints the table (and ratios against the first target).
+pub fn print(outcomes: &[Outcome]) {
+    type Column = Box<dyn Fn(&Outcome) -> String>;
+    let rows: Vec<(&str, Column)> = vec![
+        (
+            "sockets connected",
+            Box::new(|o| format!("{}/{}", o.connected, o.sockets)),
+        ),
+        (
+            "delivered events/s",
+            Box::new(|o| format!("{:.0}", o.delivered_per_sec)),
+        ),
+        (
+            "latency p50 ms",
+            Box::new(|o| format!("{:.2}", o.latency_us.p50 as f64 / 1e3)),
+        ),
+        (
+            "latency p90 ms",
+            Box::new(|o| format!("{:.2}", o.latency_us.p90 as f64 / 1e3)),
+        ),
+        (
+            "latency p99 ms",
+            Box::new(|o| format!("{:.2}", o.latency_us.p99 as f64 / 1e3)),
+        ),
+        (
+            "latency p99.9 ms",
+            Box::new(|o| format!("{:.2}", o.latency_us.p99_9 as f64 / 1e3)),
+        ),
+        (
+            "latency max ms",
+            Box::new(|o| format!("{:.2}", o.latency_us.max as f64 / 1e3)),
+        ),
+        (
+            "connects/s",
+            Box::new(|o| format!("{:.0}", o.connects_per_sec)),
+        ),
+        (
+            "server RSS KiB/socket",
+            Box::new(|o| opt(o.server_rss_bytes_per_socket, 1024.0, 1)),
+        ),
+        (
+            "server CPU µs/event",
+            Box::new(|o| opt(o.server_cpu_us_per_event, 1.0, 2)),
+        ),
+        ("events checked", Box::new(|o| o.events.to_string())),
+        (
+            "lost/dup/misdelivered/unfinished",
+            Box::new(|o| {
+                format!(
+                    "{}/{}/{}/{}",
+                    o.lost, o.duplicated, o.misdelivered, o.unfinished_runs
+                )
+            }),
+        ),
+    ];
+    let mut header = format!(
+        "{:<34}",
+        outcomes.first().map_or("", |o| o.scenario.as_str())
+    );
+    for o in outcomes {
+        let _ = write!(header, "{:>16}", o.target);
+    }
+    println!("{header}");
+    for (name, value) in &rows {
+        let mut line = format!("{name:<34}");
+        for o in outcomes {
+            let _ = write!(line, "{:>16}", value(o));
+        }
+        println!("{line}");
+    }
+    if let [a, b] = outcomes {
+        if b.delivered_per_sec > 0.0 {
+            println!(
+                "throughput ratio {}/{}: {:.2}",
+                a.target,
+                b.target,
+                a.delivered_per_sec / b.delivered_per_sec
+            );
+        }
+    }
+    for o in outcomes {
+        for error in &o.errors {
+            eprintln!("{}: client error: {error}", o.target);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    scenario: String,
+    sockets: usize,
+    sockets_per_user: usize,
+    events_per_run: u64,
+    interval_ms: u64,
+    duration_s: u64,
+    results: &'a [Outcome],
+}
+
+/// The JSON report.
+pub fn json(args: &BenchArgs, outcomes: &[Outcome]) -> String {
+    let report = Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        sockets: args.sockets,
+        sockets_per_user: args.sockets_per_user,
+        events_per_run: args.events,
+        interval_ms: args.interval_ms,
+        duration_s: args.duration_s,
+        results: outcomes,
+    };
+    serde_json::to_string_pretty(&report).unwrap_or_default()
+}
+
+/// A two-panel SVG: latency percentiles (bars) and throughput over time (lines).
+pub fn svg(outcomes: &[Outcome]) -> String {
+    const COLORS: [&str; 2] = ["#2563eb", "#9ca3af"];
+    let (w, h, pad) = (900.0, 360.0, 50.0);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    // Left: latency percentiles (ms), log-free linear bars.
+    let labels = ["p50", "p90", "p99", "p99.9", "max"];
+    let values = |o: &Outcome| {
+        let l = &o.latency_us;
+        [l.p50, l.p90, l.p99, l.p99_9, l.max].map(|v| v as f64 / 1e3)
+    };
+    let top = outcomes
+        .iter()
+        .flat_map(&values)
+        .fold(0.0f64, f64::max)
+        .max(0.001);
+    let panel = (w / 2.0) - pad * 1.5;
+    let _ = writeln!(out, "<text x=\"{pad}\" y=\"20\">latency (ms)</text>");
+    let group = panel / labels.len() as f64;
+    let bar = group / (outcomes.len() as f64 + 1.0);
+    for (i, label) in labels.iter().enumerate() {
+        let x0 = pad + i as f64 * group;
+        for (j, o) in outcomes.iter().enumerate() {
+            let v = values(o)[i];
+            let bh = (h - 2.0 * pad) * v / top;
+            let _ = writeln!(
+                out,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {label}: {v:.2} ms</title></rect>",
+                x0 + j as f64 * bar,
+                h - pad - bh,
+                bar * 0.9,
+                bh,
+                COLORS[j % 2],
+                o.target
+            );
+        }
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\">{label}</text>",
+            x0,
+            h - pad + 15.0
+        );
+    }
+    let _ = writeln!(out, "<text x=\"5\" y=\"{}\">{top:.1}</text>", pad + 4.0);
+    // Right: throughput per second.
+    let x_origin = w / 2.0 + pad / 2.0;
+    let seconds = outcomes
+        .iter()
+        .map(|o| o.throughput_per_sec.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let peak = outcomes
+        .iter()
+        .flat_map(|o| o.throughput_per_sec.iter().copied())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let _ = writeln!(
+        out,
+        "<text x=\"{x_origin}\" y=\"20\">delivered events/s over time (peak {peak:.0})</text>"
+    );
+    for (j, o) in outcomes.iter().enumerate() {
+        let points: Vec<String> = o
+            .throughput_per_sec
+            .iter()
+            .enumerate()
+            .map(|(s, c)| {
+                let x = x_origin + panel * s as f64 / seconds as f64;
+                let y = h - pad - (h - 2.0 * pad) * (*c as f64) / peak;
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
+            COLORS[j % 2],
+            points.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "<text x=\"{x_origin}\" y=\"{}\" fill=\"{}\">{}</text>",
+            h - 10.0 - 14.0 * j as f64,
+            COLORS[j % 2],
+            o.target
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
