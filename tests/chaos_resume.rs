@@ -107,7 +107,9 @@ async fn socket_slot(
                     other => panic!("{user}: unexpected frame type {other}: {frame}"),
                 }
             }
-            _ = kill.notified() => {
+            // A reset right after `start_agent` could lose the request itself (a reset
+            // discards unsent data); the driving socket is reset only once its run started.
+            _ = kill.notified(), if !start_run || last_seq > 0 => {
                 client.abort();
                 record.reconnects += 1;
                 client = reconnect(&server, &user, &epoch, last_seq, rng.random()).await;

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::Verifier;
-use crate::hub::{random_hex, text, Hub, Outbox, RunEmitter};
+use crate::hub::{random_hex, Control, Hub, Outbox, RunEmitter};
 
 /// Same bounds as the demo server's synthetic agent.
 const MAX_EVENTS: u64 = 1_000_000;
@@ -80,11 +80,12 @@ pub async fn serve(stream: TcpStream, hub: Arc<Hub>, verifier: Arc<Verifier>) {
 }
 
 fn error(outbox: &Outbox, code: &str, message: &str, client_ref: Option<&Value>) {
-    let mut frame = json!({ "type": "error", "code": code, "message": message });
-    if let Some(client_ref) = client_ref {
-        frame["ref"] = client_ref.clone();
-    }
-    let _ = outbox.send(text(&frame));
+    let frame = Control::Error {
+        code,
+        message,
+        client_ref,
+    };
+    let _ = outbox.send(frame.message());
 }
 
 fn handle(hub: &Arc<Hub>, user: &str, outbox: &Outbox, frame: &str) {
@@ -97,11 +98,7 @@ fn handle(hub: &Arc<Hub>, user: &str, outbox: &Outbox, frame: &str) {
     let client_ref = object.get("ref").filter(|r| !r.is_null());
     match object.get("type").and_then(Value::as_str) {
         Some("ping") => {
-            let mut pong = json!({ "type": "pong" });
-            if let Some(client_ref) = client_ref {
-                pong["ref"] = client_ref.clone();
-            }
-            let _ = outbox.send(text(&pong));
+            let _ = outbox.send(Control::Pong { client_ref }.message());
         }
         Some("start_agent") => start_agent(hub, user, outbox, object, client_ref),
         Some(other) => error(
@@ -142,10 +139,11 @@ fn start_agent(
         return error(outbox, "invalid_field", message, client_ref);
     };
     let Some(epoch) = hub.epoch(user) else { return };
-    let mut started = json!({ "user_request": user_request });
-    if let Some(client_ref) = client_ref {
-        started["ref"] = client_ref.clone();
-    }
+    let started = Started {
+        user_request,
+        client_ref,
+    };
+    let started = serde_json::to_string(&started).expect("agent_started data serializes");
     let run = RunSpec {
         user: user.to_owned(),
         epoch,
@@ -157,11 +155,20 @@ fn start_agent(
     tokio::spawn(synthetic_run(Arc::clone(hub), run));
 }
 
+/// `agent_started`'s data, fields in agentwire's order.
+#[derive(Serialize)]
+struct Started<'a> {
+    user_request: &'a str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    client_ref: Option<&'a Value>,
+}
+
 struct RunSpec {
     user: String,
     epoch: String,
     thread_id: String,
-    started: Value,
+    /// The encoded data of `agent_started`.
+    started: String,
     events: u64,
     interval: Duration,
 }
@@ -181,7 +188,7 @@ async fn synthetic_run(hub: Arc<Hub>, run: RunSpec) {
         } else if n % 64 == 0 {
             tokio::task::yield_now().await;
         }
-        let data = json!({ "text": format!("synthetic event {n}") });
+        let data = format!("{{\"text\":\"synthetic event {n}\"}}");
         if !emitter.emit("agent_thinking", &data) {
             return;
         }
@@ -189,9 +196,10 @@ async fn synthetic_run(hub: Arc<Hub>, run: RunSpec) {
     if !run.interval.is_zero() {
         tokio::time::sleep(run.interval).await;
     }
-    let data = json!({
-        "answer": format!("synthetic run of {} events done", run.events),
-        "duration_ms": began.elapsed().as_millis() as u64,
-    });
+    let data = format!(
+        "{{\"answer\":\"synthetic run of {} events done\",\"duration_ms\":{}}}",
+        run.events,
+        began.elapsed().as_millis()
+    );
     emitter.emit("agent_completed", &data);
 }

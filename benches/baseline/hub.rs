@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 use rand::Rng;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -34,9 +35,36 @@ pub fn random_hex(prefix: &str) -> String {
     format!("{prefix}{bits:016x}")
 }
 
-/// A control frame (`welcome`, `pong`, `error`) as a text message.
-pub fn text(frame: &Value) -> Message {
-    Message::Text(Utf8Bytes::from(frame.to_string()))
+/// The frames that are not agent events, `type` first as agentwire writes them.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control<'a> {
+    Welcome {
+        session_id: u64,
+        user_id: &'a str,
+        epoch: &'a str,
+        seq: u64,
+        heartbeat_interval_ms: u64,
+        protocol: u32,
+    },
+    Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        client_ref: Option<&'a Value>,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        client_ref: Option<&'a Value>,
+    },
+}
+
+impl Control<'_> {
+    /// Encodes the frame as a text message.
+    pub fn message(&self) -> Message {
+        let json = serde_json::to_string(self).expect("control frames serialize");
+        Message::Text(Utf8Bytes::from(json))
+    }
 }
 
 /// A JSON string literal, escaped.
@@ -54,17 +82,16 @@ impl Hub {
             seq: 0,
             senders: Vec::new(),
         });
-        let welcome = json!({
-            "type": "welcome",
-            "session_id": session_id,
-            "user_id": user,
-            "epoch": state.epoch,
-            "seq": state.seq,
-            "heartbeat_interval_ms": 10_000,
-            "protocol": 1,
-        });
+        let welcome = Control::Welcome {
+            session_id,
+            user_id: user,
+            epoch: &state.epoch,
+            seq: state.seq,
+            heartbeat_interval_ms: 10_000,
+            protocol: 1,
+        };
         // Queued under the lock, so it comes before any event numbered after `seq`.
-        let _ = outbox.send(text(&welcome));
+        let _ = outbox.send(welcome.message());
         state.senders.push((session_id, outbox));
         session_id
     }
@@ -110,9 +137,10 @@ impl<'a> RunEmitter<'a> {
         }
     }
 
-    /// Numbers, encodes and queues one event to every socket of the user. False when the
-    /// user has no socket left (or came back under a new epoch): the run should stop.
-    pub fn emit(&self, kind: &str, data: &Value) -> bool {
+    /// Numbers, encodes and queues one event (`data` is its encoded payload) to every socket
+    /// of the user. False when the user has no socket left (or came back under a new epoch):
+    /// the run should stop.
+    pub fn emit(&self, kind: &str, data: &str) -> bool {
         let timestamp = humantime::format_rfc3339_micros(SystemTime::now());
         // Everything after `seq`, built outside the lock.
         let tail = format!(
