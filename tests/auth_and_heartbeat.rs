@@ -129,7 +129,7 @@ async fn tokens_are_read_from_subprotocol_header_and_query() {
 async fn a_silent_client_is_closed_by_the_heartbeat_and_leaves_the_registry() {
     let server = TestServer::start_with(agentwire::Config {
         heartbeat_interval: Duration::from_millis(100),
-        client_timeout: Duration::from_millis(500),
+        client_timeout: Duration::from_millis(800),
         resume_window: Duration::from_millis(300),
         ..agentwire::Config::default()
     });
@@ -144,7 +144,7 @@ async fn a_silent_client_is_closed_by_the_heartbeat_and_leaves_the_registry() {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         let mut other_frames = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_millis(1500), async {
+        let _ = tokio::time::timeout(Duration::from_millis(2500), async {
             while let Some(message) = lively.socket.next().await {
                 match message {
                     Ok(Message::Ping(_)) => {}

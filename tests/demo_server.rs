@@ -155,7 +155,9 @@ async fn the_simulated_agent_answers_with_a_realistic_run() {
     assert!(answer["data"]["answer"].as_str().unwrap().len() > 20);
     let took = answer["data"]["duration_ms"].as_u64().unwrap();
     assert!(
-        (500..=6000).contains(&took),
+        // Pauses happened (a floor); the ceiling only catches a run that never paced itself
+        // and is loose for loaded machines.
+        (500..=30_000).contains(&took),
         "a run with short pauses, took {took} ms"
     );
 
