@@ -233,3 +233,41 @@ async fn next_json(ws: &mut Ws) -> Result<Value, String> {
         }
     }
 }
+
+/// Connects, waits for the welcome, and leaves, over and over until `until`; returns how
+/// many connections completed (handshake, token check, registration, welcome).
+pub async fn churn(server: SocketAddr, source: IpAddr, token: String, until: Instant) -> u64 {
+    let mut completed = 0;
+    while Instant::now() < until {
+        let attempt = async {
+            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| e.to_string())?;
+            let stream = socket.connect(server).await.map_err(|e| e.to_string())?;
+            let mut request = format!("ws://{server}/ws")
+                .into_client_request()
+                .map_err(|e| e.to_string())?;
+            let protocol =
+                HeaderValue::from_str(&format!("jwt.{token}")).map_err(|e| e.to_string())?;
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", protocol);
+            let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            let welcome = next_json(&mut ws).await?;
+            let _ = ws.close(None).await;
+            if welcome["type"] == "welcome" {
+                Ok(())
+            } else {
+                Err("no welcome".to_owned())
+            }
+        };
+        match attempt.await {
+            Ok(()) => completed += 1,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    completed
+}

@@ -28,6 +28,9 @@ pub use server::Target;
 /// 20,000 sockets do not exhaust one address's ephemeral ports.
 const SOURCE_ADDRESSES: u8 = 16;
 
+/// Concurrent connect-and-leave loops in the churn scenario.
+const CHURNERS: usize = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
     /// Connect sockets and hold them: server memory per socket.
@@ -114,7 +117,17 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             args.scenario,
             server.addr
         );
-        let outcome = runtime.block_on(scenario(&args, &server, &secret, target))?;
+        if args.scenario == Scenario::SlowConsumer {
+            // The same paced load first with every socket reading, then with a tenth not.
+            let mut reference =
+                runtime.block_on(scenario(&args, &server, &secret, target, false))?;
+            reference.target = format!("{} (reference)", target.name());
+            outcomes.push(reference);
+        }
+        let mut outcome = runtime.block_on(scenario(&args, &server, &secret, target, true))?;
+        if args.scenario == Scenario::SlowConsumer {
+            outcome.target = format!("{} (slow)", target.name());
+        }
         drop(server);
         outcomes.push(outcome);
     }
@@ -149,6 +162,7 @@ async fn scenario(
     server: &Server,
     secret: &str,
     target: Target,
+    with_slow_consumers: bool,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let sockets = args.sockets.max(1);
     let per_user = args.sockets_per_user.max(1);
@@ -168,7 +182,8 @@ async fn scenario(
     let mut handles = Vec::with_capacity(sockets);
     let mut tokens = std::collections::HashMap::new();
     for i in 0..sockets {
-        let user = format!("bench-{}-{}", target.name(), i / per_user);
+        let pass = if with_slow_consumers { "" } else { "ref-" };
+        let user = format!("bench-{}-{pass}{}", target.name(), i / per_user);
         let token = tokens
             .entry(user.clone())
             .or_insert_with(|| token(secret, &user))
@@ -188,7 +203,9 @@ async fn scenario(
             interval_ms,
             ready: ready.clone(),
             go: go.clone(),
-            stop_reading: args.scenario == Scenario::SlowConsumer && i % 10 == 9,
+            stop_reading: with_slow_consumers
+                && args.scenario == Scenario::SlowConsumer
+                && i % 10 == 9,
         };
         handles.push(tokio::spawn(client::run(plan, bench_start)));
         if i % 250 == 249 {
@@ -214,16 +231,43 @@ async fn scenario(
     let connected_usage = server.usage();
     let load_start = Instant::now();
     let _ = go_tx.send(Some(load_start + duration));
+    // Churn: connections that come and go during the load, each a full handshake, token
+    // check, registration and welcome.
+    let churners: Vec<_> = if args.scenario == Scenario::Churn {
+        (0..CHURNERS)
+            .map(|c| {
+                let user = format!("bench-churn-{}-{c}", target.name());
+                let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1 + (c % 200) as u8));
+                tokio::spawn(client::churn(
+                    server.addr,
+                    source,
+                    token(secret, &user),
+                    load_start + duration,
+                ))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut churned = 0;
+    for churner in churners {
+        churned += churner.await?;
+    }
+    let churn_secs = load_start.elapsed().as_secs_f64();
     let mut records: Vec<ClientRecord> = Vec::with_capacity(sockets);
     for handle in handles {
         records.push(handle.await?);
     }
     let after = server.usage();
-    Ok(Outcome::new(
+    let mut outcome = Outcome::new(
         target,
         args.scenario,
         records,
         (ramp, load_start.duration_since(bench_start), duration),
         (before, connected_usage, after),
-    ))
+    );
+    if args.scenario == Scenario::Churn {
+        outcome.churn_connects_per_sec = Some(churned as f64 / churn_secs.max(1e-3));
+    }
+    Ok(outcome)
 }

@@ -15,7 +15,8 @@ use super::{BenchArgs, Scenario};
 /// The figures of one scenario against one server.
 #[derive(Debug, Serialize)]
 pub struct Outcome {
-    pub target: &'static str,
+    /// The server, and for the slow-consumer scenario which pass (`reference` or `slow`).
+    pub target: String,
     pub scenario: String,
     pub sockets: usize,
     pub connected: usize,
@@ -27,7 +28,11 @@ pub struct Outcome {
     pub unfinished_runs: u64,
     pub delivered_per_sec: f64,
     pub latency_us: Percentiles,
+    /// Connections per second during the ramp.
     pub connects_per_sec: f64,
+    /// Churn scenario: complete connections (handshake to welcome, then close) per second
+    /// while the load ran.
+    pub churn_connects_per_sec: Option<f64>,
     pub server_rss_bytes_per_socket: Option<f64>,
     pub server_cpu_us_per_event: Option<f64>,
     /// Events received in each second of the load phase.
@@ -63,7 +68,7 @@ impl Outcome {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         let mut timeline: Vec<u64> = Vec::new();
         let mut outcome = Outcome {
-            target: target.name(),
+            target: target.name().to_owned(),
             scenario: format!("{scenario:?}").to_lowercase(),
             sockets: records.len(),
             connected: 0,
@@ -82,6 +87,7 @@ impl Outcome {
                 max: 0,
             },
             connects_per_sec: 0.0,
+            churn_connects_per_sec: None,
             server_rss_bytes_per_socket: None,
             server_cpu_us_per_event: None,
             throughput_per_sec: Vec::new(),
@@ -189,8 +195,12 @@ pub fn print(outcomes: &[Outcome]) {
             Box::new(|o| format!("{:.2}", o.latency_us.max as f64 / 1e3)),
         ),
         (
-            "connects/s",
+            "connects/s (ramp)",
             Box::new(|o| format!("{:.0}", o.connects_per_sec)),
+        ),
+        (
+            "connects/s (churn, under load)",
+            Box::new(|o| opt(o.churn_connects_per_sec, 1.0, 0)),
         ),
         (
             "server RSS KiB/socket",
@@ -222,12 +232,24 @@ pub fn print(outcomes: &[Outcome]) {
     for (name, value) in &rows {
         let mut line = format!("{name:<34}");
         for o in outcomes {
-            let _ = write!(line, "{:>16}", value(o));
+            let _ = write!(line, "{:>20}", value(o));
         }
         println!("{line}");
     }
+    for pair in outcomes.chunks(2) {
+        if let [reference, slow] = pair {
+            if slow.target.ends_with("(slow)") && reference.latency_us.p99 > 0 {
+                let change = slow.latency_us.p99 as f64 / reference.latency_us.p99 as f64 - 1.0;
+                println!(
+                    "{}: readers' p99 moved by {:+.1} % with a tenth of the sockets not reading",
+                    slow.target.trim_end_matches(" (slow)"),
+                    change * 100.0
+                );
+            }
+        }
+    }
     if let [a, b] = outcomes {
-        if b.delivered_per_sec > 0.0 {
+        if b.delivered_per_sec > 0.0 && !b.target.ends_with("(slow)") {
             println!(
                 "throughput ratio {}/{}: {:.2}",
                 a.target,
