@@ -36,7 +36,13 @@
 //! - `replay`: each user's bounded replay buffer, and the byte budget all of them share.
 //! - [`supervision`]: the restart policy for user actors and the bounded supervision log;
 //!   `metrics`: the Prometheus metrics.
-//! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters.
+//! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters; `ids`:
+//!   [`UserId`] (the isolation key), session ids, and the random run and thread ids.
+//! - `inbound_fuzz` (tests only): property-based fuzzing of the decoder and the gate.
+//!
+//! The `agentwire` binary (`src/bin/agentwire/`) adds the demo server, `agentwire tree` and
+//! `agentwire bench`; `benches/baseline/` is the actor-free server the benchmarks compare
+//! against.
 //!
 //! ## Embedding
 //!
