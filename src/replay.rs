@@ -4,7 +4,8 @@
 //! with every other user's buffer, by a global byte budget: a push that takes the total over
 //! the budget makes this buffer drop its own oldest events until the total is back under it.
 //! A resume is answered from here only when the buffer still holds every event it asks for;
-//! otherwise the client must resync.
+//! otherwise the client must resync. Age is enforced lazily, on every push and before every
+//! resume, so an idle user costs no timer.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +68,8 @@ impl ReplayBuffer {
         if self.max_events == 0 {
             return;
         }
+        let now = Instant::now();
+        self.expire(now);
         let size = frame.len();
         self.bytes += size;
         self.budget.used.fetch_add(size, Ordering::Relaxed);
@@ -74,7 +77,7 @@ impl ReplayBuffer {
             seq,
             frame,
             meta,
-            at: Instant::now(),
+            at: now,
         });
         while self.entries.len() > self.max_events
             || (self.budget.used() > self.budget.max && !self.entries.is_empty())

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 mod requests;
 
@@ -38,9 +38,6 @@ use crate::session::{CloseSession, Deliver, Session, Welcome};
 use crate::stats::ActorState;
 use crate::stats::ActorStats;
 use crate::supervision::{SupervisionKind, SupervisionLog};
-
-/// How often the replay buffer drops events past their maximum age.
-const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
 /// A session attached to this user.
 struct Member {
@@ -191,10 +188,6 @@ fn wants(member: &Member, meta: &RunMeta) -> bool {
 impl Actor for User {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(EXPIRE_EVERY, |user, _| user.replay.expire(Instant::now()));
-    }
-
     fn stopped(&mut self, _: &mut Self::Context) {
         log::debug!("user:{}: stopped at seq {}", self.id, self.seq);
     }
@@ -254,6 +247,7 @@ impl Handler<Attach> for User {
             resuming: msg.resume.is_some(),
             after_restart: msg.after_restart,
         });
+        self.replay.expire(Instant::now());
         let replay = msg
             .resume
             .map(|(epoch, last_seq)| self.answer_resume(&member, &epoch, last_seq, self.seq));
