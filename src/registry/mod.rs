@@ -214,45 +214,46 @@ pub(crate) struct Connect {
     pub resume: Option<(String, u64)>,
 }
 
+impl Registry {
+    /// Why a new socket may not join, if it may not: the close code and a reason for the
+    /// log. At the user cap this expires the longest-idle user to make room.
+    fn refusal(&mut self, msg: &Connect) -> Option<(u16, String)> {
+        if self.draining {
+            return Some((close_code::SERVICE_RESTART, "draining".to_owned()));
+        }
+        if self.sessions >= self.config.max_sessions {
+            let why = format!("{} sockets open (max_sessions)", self.sessions);
+            return Some((close_code::TRY_AGAIN_LATER, why));
+        }
+        let user_sockets = self.users.get(&msg.user).map_or(0, |m| m.sessions.len());
+        if user_sockets >= self.config.max_sockets_per_user {
+            let why = format!("the user already has {user_sockets} sockets");
+            return Some((close_code::TOO_MANY_SOCKETS, why));
+        }
+        let new_user = !self.users.contains_key(&msg.user);
+        if new_user && self.users.len() >= self.config.max_users && !self.make_room() {
+            let why = format!("{} users, all connected (max_users)", self.users.len());
+            return Some((close_code::TRY_AGAIN_LATER, why));
+        }
+        None
+    }
+}
+
 impl Handler<Connect> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Connect, ctx: &mut Self::Context) {
         self.stats.handled(0);
-        if self.draining {
-            msg.addr.do_send(CloseSession(close_code::SERVICE_RESTART));
-            return;
-        }
-        if self.sessions >= self.config.max_sessions {
-            log::warn!(
-                "registry: {} sockets open (max_sessions): refusing session:{}",
-                self.sessions,
-                msg.session_id
-            );
-            msg.addr.do_send(CloseSession(close_code::TRY_AGAIN_LATER));
-            return;
-        }
-        let user_sockets = self.users.get(&msg.user).map_or(0, |m| m.sessions.len());
-        if user_sockets >= self.config.max_sockets_per_user {
+        if let Some((code, why)) = self.refusal(&msg) {
             log::info!(
-                "registry: user:{} already has {user_sockets} sockets: refusing session:{}",
-                msg.user,
-                msg.session_id
+                "registry: refusing session:{} of user:{} with {code}: {why}",
+                msg.session_id,
+                msg.user
             );
-            msg.addr.do_send(CloseSession(close_code::TOO_MANY_SOCKETS));
+            msg.addr.do_send(CloseSession(code));
             return;
         }
         if !self.users.contains_key(&msg.user) {
-            if self.users.len() >= self.config.max_users && !self.make_room() {
-                log::warn!(
-                    "registry: {} users, all connected: refusing session:{} of user:{}",
-                    self.users.len(),
-                    msg.session_id,
-                    msg.user
-                );
-                msg.addr.do_send(CloseSession(close_code::TRY_AGAIN_LATER));
-                return;
-            }
             let running_requests = Arc::new(AtomicUsize::new(0));
             let (addr, stats, generation) =
                 self.spawn_user(&msg.user, running_requests.clone(), ctx);
