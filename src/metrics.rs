@@ -81,6 +81,27 @@ pub(crate) struct Metrics {
     latency: Histogram,
     restarts: Counter,
     escalations: Counter,
+    /// The per-type counters of `published` and `delivered`, created once, so the per-event
+    /// path bumps an atomic without looking anything up (a family lookup takes a lock).
+    published_by_type: [Counter; EVENT_TYPES.len()],
+    delivered_by_type: [Counter; EVENT_TYPES.len()],
+}
+
+/// Every agent event's wire type, in a fixed order.
+const EVENT_TYPES: [&str; 6] = [
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_completed",
+    "agent_error",
+];
+
+fn type_index(event_type: &str) -> usize {
+    EVENT_TYPES
+        .iter()
+        .position(|t| *t == event_type)
+        .unwrap_or(0)
 }
 
 impl Default for Metrics {
@@ -99,7 +120,22 @@ impl Default for Metrics {
             latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
             restarts: Counter::default(),
             escalations: Counter::default(),
+            published_by_type: Default::default(),
+            delivered_by_type: Default::default(),
             registry: Registry::default(),
+        };
+        let metrics = Metrics {
+            published_by_type: EVENT_TYPES.map(|t| {
+                metrics
+                    .published
+                    .get_or_create_owned(&EventType { r#type: t })
+            }),
+            delivered_by_type: EVENT_TYPES.map(|t| {
+                metrics
+                    .delivered
+                    .get_or_create_owned(&EventType { r#type: t })
+            }),
+            ..metrics
         };
         registry.register(
             "sessions",
@@ -170,15 +206,11 @@ impl Metrics {
     }
 
     pub(crate) fn published(&self, event_type: &'static str) {
-        self.published
-            .get_or_create(&EventType { r#type: event_type })
-            .inc();
+        self.published_by_type[type_index(event_type)].inc();
     }
 
     pub(crate) fn delivered(&self, event_type: &'static str, latency_secs: f64) {
-        self.delivered
-            .get_or_create(&EventType { r#type: event_type })
-            .inc();
+        self.delivered_by_type[type_index(event_type)].inc();
         self.latency.observe(latency_secs);
     }
 
