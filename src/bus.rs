@@ -10,7 +10,7 @@
 //! it, so a later event can never overtake an earlier one on the other path. A multi-node
 //! bus (Redis) replaces `LocalBus` here without touching actors.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -36,7 +36,33 @@ pub(crate) struct Published {
     pub emitted_at: SystemTime,
     /// How the user's actor cancels the run on `stop_agent` (shared by all its events, so
     /// an actor that first hears of a run mid-way can still stop it).
-    pub cancel: CancellationToken,
+    pub cancel: Arc<RunStop>,
+}
+
+/// A run's stop switch, shared by its emitter and its user's actor. Events carry it by
+/// `Arc` (one atomic increment each) and check it with one atomic load; the token is what
+/// handler code awaiting [`crate::AgentRun::cancelled`] wakes on.
+#[derive(Debug, Default)]
+pub(crate) struct RunStop {
+    stopped: AtomicBool,
+    token: CancellationToken,
+}
+
+impl RunStop {
+    /// Stops the run (`stop_agent`): nothing more of it is delivered.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Completes once the run is stopped.
+    pub(crate) async fn stopped(&self) {
+        self.token.cancelled().await
+    }
 }
 
 /// Where emitted events go. Implementations keep each stream's events in publish order.

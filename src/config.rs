@@ -60,7 +60,11 @@ pub struct Config {
     pub max_restarts: u32,
     /// See `max_restarts`. Default 60 s.
     pub restart_window: Duration,
-    /// How many arbiter threads user actors are spread over. Default: one per core.
+    /// Where user actors run. Default [`UserPlacement::WithFirstSocket`].
+    pub user_placement: UserPlacement,
+    /// How many dedicated arbiter threads user actors are spread over with
+    /// [`UserPlacement::Pool`] (with `WithFirstSocket` they are only the fallback for a
+    /// socket whose thread has stopped). Default: one per core.
     pub user_arbiters: usize,
     /// How many recent events each user's replay buffer keeps. Default 1,000.
     pub replay_max_events: usize,
@@ -115,6 +119,7 @@ impl Default for Config {
             max_runs_per_user: 8,
             max_restarts: 3,
             restart_window: Duration::from_secs(60),
+            user_placement: UserPlacement::default(),
             user_arbiters: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -197,6 +202,24 @@ pub enum OriginPolicy {
     AllowList(Vec<String>),
     /// Any origin (for development, or when a proxy checks origins).
     Any,
+}
+
+/// Where user actors run.
+///
+/// Every user actor is its own task with its own crash guard wherever it runs; placement
+/// decides only which thread it shares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserPlacement {
+    /// On the thread of the socket that created the user's actor: the HTTP worker that
+    /// accepted it, where the handler tasks of that socket's requests run too. A
+    /// single-socket user's events then never cross a thread between handler, user actor and
+    /// socket. A user's fan-out shares its worker with that worker's sockets. The default.
+    #[default]
+    WithFirstSocket,
+    /// Round-robin over `user_arbiters` dedicated threads: fan-out never shares a thread with
+    /// socket I/O or handler code, at the cost of two cross-thread hops per event (handler to
+    /// user actor, user actor to socket).
+    Pool,
 }
 
 /// A [`Config`] whose settings contradict each other.

@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use crate::bus::{EmitStream, Published, SharedBus};
+use crate::bus::{EmitStream, Published, RunStop, SharedBus};
 use crate::event::{
     AgentCompleted, AgentError, AgentEvent, AgentStarted, AgentThinking, RunErrorCode, RunMeta,
     ToolCompleted, ToolExecuting, ToolOutcome,
@@ -74,7 +73,7 @@ impl UserHandle {
                 thread_id,
                 agent_name,
             }),
-            cancel: CancellationToken::new(),
+            cancel: Arc::default(),
             started: Instant::now(),
             next_tool: AtomicU32::new(1),
             finished: false,
@@ -94,7 +93,7 @@ pub struct AgentRun {
     bus: SharedBus,
     stream: EmitStream,
     meta: Arc<RunMeta>,
-    cancel: CancellationToken,
+    cancel: Arc<RunStop>,
     started: Instant,
     next_tool: AtomicU32,
     finished: bool,
@@ -123,13 +122,13 @@ impl AgentRun {
 
     /// True once the client stopped the run.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.cancel.is_stopped()
     }
 
     /// Resolves when the client stops the run (`stop_agent`); use it in `select!` to abandon
     /// work early.
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.cancel.cancelled()
+        self.cancel.stopped()
     }
 
     /// Waits while the user's actor has more than `max_user_backlog` events waiting, so a
@@ -137,7 +136,7 @@ impl AgentRun {
     /// never blocks; code that emits faster than the user's actor can encode should await
     /// this every few dozen events. Returns at once when the run was cancelled.
     pub async fn ready(&self) {
-        while !self.cancel.is_cancelled() && !self.bus.has_room(&self.stream) {
+        while !self.cancel.is_stopped() && !self.bus.has_room(&self.stream) {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
@@ -193,7 +192,7 @@ impl AgentRun {
     fn publish(&self, event: AgentEvent) {
         // After `stop_agent` the user's actor has ended the run (and sent `agent_error`);
         // nothing more of it goes out.
-        if self.cancel.is_cancelled() {
+        if self.cancel.is_stopped() {
             return;
         }
         self.bus.publish(

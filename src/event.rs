@@ -46,7 +46,7 @@ impl AgentEvent {
         matches!(self, AgentEvent::Completed(_) | AgentEvent::Error(_))
     }
 
-    fn tool_name(&self) -> Option<&str> {
+    pub(crate) fn tool_name(&self) -> Option<&str> {
         match self {
             AgentEvent::ToolExecuting(e) => Some(&e.tool_name),
             AgentEvent::ToolCompleted(e) => Some(&e.tool_name),

@@ -20,7 +20,8 @@
 //!
 //! Around the tree:
 //!
-//! - [`event`]: the six agent events as types, and the JSON envelope they are encoded into.
+//! - [`event`]: the six agent events as types, and the JSON envelope they are encoded into;
+//!   `envelope`: the user actor's encoder for it, which escapes a run's fixed fields once.
 //! - [`inbound`] and [`outbound`]: the client's frames and the server's control frames;
 //!   `inbound_gate`: the pure state machine every client frame passes first (fragments,
 //!   size, binary policy, UTF-8, rate limit, invalid-frame threshold), fuzzed directly.
@@ -80,6 +81,8 @@
 //!             .configure(agentwire::routes(runtime.clone()))
 //!             .route("/notify", web::post().to(notify))
 //!     })
+//!     // Events are small frames sent as they happen: don't let Nagle hold them back.
+//!     .tcp_nodelay(true)
 //!     .bind(("127.0.0.1", 8080))?
 //!     .run()
 //!     .await
@@ -95,6 +98,7 @@ mod config;
 mod debug;
 mod directory;
 mod emit;
+mod envelope;
 pub mod event;
 mod handler;
 mod ids;
@@ -117,7 +121,7 @@ mod user;
 pub use auth::{
     extract_token, AuthError, Authenticator, Identity, PresentedToken, SUBPROTOCOL_PREFIX,
 };
-pub use config::{Config, ConfigError, OriginPolicy};
+pub use config::{Config, ConfigError, OriginPolicy, UserPlacement};
 pub use debug::{debug_routes, Totals, TreeNode};
 pub use emit::{AgentRun, ToolCall, UserHandle};
 pub use handler::{AgentContext, AgentHandler};

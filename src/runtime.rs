@@ -181,6 +181,7 @@ impl RuntimeBuilder {
         let user_arbiters = (0..config.user_arbiters)
             .map(|_| Arbiter::new().handle())
             .collect();
+        let placement = config.user_placement;
         let (writer, reader) = directory::new();
         let registry_config = config.clone();
         let budget = ReplayBudget::new(config.max_replay_bytes);
@@ -196,7 +197,7 @@ impl RuntimeBuilder {
                 stats,
                 writer,
                 budget,
-                user_arbiters,
+                (placement, user_arbiters),
             )
         });
         let bus: SharedBus = Arc::new(LocalBus::new(

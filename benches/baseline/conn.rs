@@ -182,9 +182,12 @@ async fn synthetic_run(hub: Arc<Hub>, run: RunSpec) {
     if !emitter.emit("agent_started", &run.started) {
         return;
     }
+    // The n-th event is due n·interval after the start (a fixed schedule, as agentwire's
+    // demo agent keeps), so timer slack never lowers the offered rate.
+    let due = |n: u64| began + run.interval * u32::try_from(n).unwrap_or(u32::MAX);
     for n in 1..=run.events - 2 {
         if !run.interval.is_zero() {
-            tokio::time::sleep(run.interval).await;
+            tokio::time::sleep_until(due(n).into()).await;
         } else if n % 64 == 0 {
             tokio::task::yield_now().await;
         }
@@ -194,7 +197,7 @@ async fn synthetic_run(hub: Arc<Hub>, run: RunSpec) {
         }
     }
     if !run.interval.is_zero() {
-        tokio::time::sleep(run.interval).await;
+        tokio::time::sleep_until(due(run.events - 1).into()).await;
     }
     let data = format!(
         "{{\"answer\":\"synthetic run of {} events done\",\"duration_ms\":{}}}",

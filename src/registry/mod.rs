@@ -5,20 +5,19 @@
 //! the user's first socket connects, attaches and detaches sessions, keeps a user's actor for
 //! the resume window after the last socket leaves and then retires it, enforces the global
 //! user cap, and drains every socket on shutdown. It is the only writer of the directory that
-//! emitters read. User actors are spread round-robin over a small pool of arbiters.
+//! emitters read. Where each user's actor runs is `placement`'s choice: by default on the
+//! thread of the user's first socket.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
-use futures_util::FutureExt;
 
 use crate::bus::{Handoff, Published};
 use crate::close_code;
-use crate::config::Config;
+use crate::config::{Config, UserPlacement};
 use crate::directory::DirectoryWriter;
 use crate::ids::{SessionId, UserId};
 use crate::metrics::{DropReason, Metrics};
@@ -28,8 +27,11 @@ use crate::stats::{ActorState, ActorStats};
 use crate::supervision::{RestartHistory, SupervisionLog};
 use crate::user::{Attach, Detach, Drain, Retire, User};
 
+mod placement;
 mod snapshot;
 mod supervise;
+
+use placement::Placement;
 
 pub(crate) use snapshot::Snapshot;
 pub use snapshot::{RegistrySnapshot, UserSnapshot};
@@ -53,6 +55,8 @@ struct Member {
     addr: Addr<User>,
     stats: Arc<ActorStats>,
     sessions: HashMap<SessionId, SessionEntry>,
+    /// The arbiter the user's actor runs on (a restart goes back there).
+    home: ArbiterHandle,
     /// Which spawn of this user's actor is current (unique for the registry's lifetime), so
     /// a crash report from an older actor is ignored.
     generation: u64,
@@ -68,6 +72,14 @@ struct Member {
     idle_generation: u64,
 }
 
+/// A freshly started user actor.
+struct Spawned {
+    addr: Addr<User>,
+    stats: Arc<ActorStats>,
+    generation: u64,
+    home: ArbiterHandle,
+}
+
 pub(crate) struct Registry {
     config: Arc<Config>,
     /// Counters of this actor's mailbox: senders count Connect, Disconnect and
@@ -77,8 +89,7 @@ pub(crate) struct Registry {
     supervision: Arc<SupervisionLog>,
     directory: DirectoryWriter,
     budget: Arc<ReplayBudget>,
-    user_arbiters: Vec<ArbiterHandle>,
-    next_arbiter: usize,
+    placement: Placement,
     users: HashMap<UserId, Member>,
     /// Open sockets over all users.
     sessions: usize,
@@ -97,7 +108,7 @@ impl Registry {
         stats: Arc<ActorStats>,
         directory: DirectoryWriter,
         budget: Arc<ReplayBudget>,
-        user_arbiters: Vec<ArbiterHandle>,
+        placement: (UserPlacement, Vec<ArbiterHandle>),
     ) -> Self {
         let (metrics, supervision) = observers;
         Registry {
@@ -107,8 +118,7 @@ impl Registry {
             supervision,
             directory,
             budget,
-            user_arbiters,
-            next_arbiter: 0,
+            placement: Placement::new(placement.0, placement.1),
             users: HashMap::new(),
             sessions: 0,
             draining: false,
@@ -118,15 +128,15 @@ impl Registry {
         }
     }
 
-    /// Starts an actor for `user` on the next arbiter and publishes it in the directory.
+    /// Starts an actor for `user` on `home` (or a fallback, if that thread has stopped) and
+    /// publishes it in the directory.
     fn spawn_user(
         &mut self,
         user: &UserId,
+        home: ArbiterHandle,
         running_requests: Arc<AtomicUsize>,
         ctx: &mut Context<Self>,
-    ) -> (Addr<User>, Arc<ActorStats>, u64) {
-        let arbiter = &self.user_arbiters[self.next_arbiter % self.user_arbiters.len()];
-        self.next_arbiter = self.next_arbiter.wrapping_add(1);
+    ) -> Spawned {
         self.user_generations += 1;
         let generation = self.user_generations;
         let stats = Arc::new(ActorStats::default());
@@ -144,23 +154,20 @@ impl Registry {
         let died = UserDied {
             user: user.clone(),
             generation,
+            cause: "the actor panicked",
         };
-        let registry = ctx.address();
-        // Like `Actor::start_in_arbiter`, but the actor runs inside a `catch_unwind` of its
-        // own: a panic in one of its handlers ends just this actor, and the registry hears
-        // of it (actix would otherwise run `stopped` and make a crash look like a stop).
-        arbiter.spawn_fn(move || {
-            actix::spawn(async move {
-                let running = Context::with_receiver(rx).into_future(actor);
-                if AssertUnwindSafe(running).catch_unwind().await.is_err() {
-                    registry.do_send(died);
-                }
-            });
-        });
+        let home = self
+            .placement
+            .run_supervised(home, actor, rx, ctx.address(), died);
         self.directory
             .insert(user.clone(), addr.clone(), stats.clone());
         log::debug!("registry: started user:{user} (generation {generation})");
-        (addr, stats, generation)
+        Spawned {
+            addr,
+            stats,
+            generation,
+            home,
+        }
     }
 
     /// Removes a user's actor: unpublished first, so no emitter finds it after it is told
@@ -196,10 +203,7 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Self::Context) {
-        log::info!(
-            "registry: started with {} user arbiter(s)",
-            self.user_arbiters.len()
-        );
+        log::info!("registry: started; {}", self.placement.describe());
     }
 }
 
@@ -212,6 +216,8 @@ pub(crate) struct Connect {
     pub addr: Addr<Session>,
     pub stats: Arc<ActorStats>,
     pub resume: Option<(String, u64)>,
+    /// The arbiter the session runs on (None outside an actix arbiter).
+    pub home: Option<ArbiterHandle>,
 }
 
 impl Registry {
@@ -255,13 +261,14 @@ impl Handler<Connect> for Registry {
         }
         if !self.users.contains_key(&msg.user) {
             let running_requests = Arc::new(AtomicUsize::new(0));
-            let (addr, stats, generation) =
-                self.spawn_user(&msg.user, running_requests.clone(), ctx);
+            let home = self.placement.choose(msg.home.as_ref());
+            let spawned = self.spawn_user(&msg.user, home, running_requests.clone(), ctx);
             let member = Member {
-                addr,
-                stats,
+                addr: spawned.addr,
+                stats: spawned.stats,
+                home: spawned.home,
                 sessions: HashMap::new(),
-                generation,
+                generation: spawned.generation,
                 restarts: RestartHistory::default(),
                 running_requests,
                 idle_since: None,

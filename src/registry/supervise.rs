@@ -14,12 +14,14 @@ use crate::session::{CloseSession, Stall};
 use crate::supervision::SupervisionKind;
 use crate::user::{Attach, Crash};
 
-/// A user actor was dropped without stopping (it panicked); sent by its crash guard.
-#[derive(Message)]
+/// A user actor ended without being told to stop; sent by its crash guard.
+#[derive(Clone, Message)]
 #[rtype(result = "()")]
 pub(crate) struct UserDied {
     pub user: UserId,
     pub generation: u64,
+    /// What happened, for the supervision log: "the actor panicked", or "its thread stopped".
+    pub cause: &'static str,
 }
 
 impl Handler<UserDied> for Registry {
@@ -55,20 +57,27 @@ impl Handler<UserDied> for Registry {
                 SupervisionKind::Escalation,
                 actor,
                 format!(
-                    "crashed more than {max} times within {window:?}; {} socket(s) closed \
+                    "{}; crashed more than {max} times within {window:?}; {} socket(s) closed \
                      with 1011, {lost} queued event(s) lost",
+                    msg.cause,
                     member.sessions.len()
                 ),
             );
             return;
         }
-        let (addr, stats, generation) =
-            self.spawn_user(&msg.user, member.running_requests.clone(), ctx);
-        stats.inherit_restarts(&member.stats);
-        stats.restarted();
-        member.addr = addr.clone();
-        member.stats = stats;
-        member.generation = generation;
+        let spawned = self.spawn_user(
+            &msg.user,
+            member.home.clone(),
+            member.running_requests.clone(),
+            ctx,
+        );
+        spawned.stats.inherit_restarts(&member.stats);
+        spawned.stats.restarted();
+        let addr = spawned.addr.clone();
+        member.addr = spawned.addr;
+        member.stats = spawned.stats;
+        member.generation = spawned.generation;
+        member.home = spawned.home;
         for (session_id, session) in &member.sessions {
             addr.do_send(Attach {
                 session_id: *session_id,
@@ -83,8 +92,9 @@ impl Handler<UserDied> for Registry {
             SupervisionKind::Restart,
             actor,
             format!(
-                "the actor panicked; restarted with a new epoch, {} socket(s) told to resync, \
+                "{}; restarted with a new epoch, {} socket(s) told to resync, \
                  {lost} queued event(s) lost",
+                msg.cause,
                 member.sessions.len()
             ),
         );

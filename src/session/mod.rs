@@ -181,6 +181,7 @@ impl Actor for Session {
             addr: ctx.address(),
             stats: self.stats.clone(),
             resume: self.resume_at_connect.take(),
+            home: actix::Arbiter::try_current(),
         });
         ctx.run_interval(self.shared.config.heartbeat_interval, |session, ctx| {
             session.heartbeat(ctx)

@@ -24,12 +24,12 @@ mod requests;
 pub(crate) use requests::{Crash, Resume, StopRun, SwitchThread};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
-use tokio_util::sync::CancellationToken;
 
-use crate::bus::Published;
+use crate::bus::{Published, RunStop};
 use crate::close_code;
 use crate::config::Config;
-use crate::event::{AgentEvent, EventFrame, RunMeta};
+use crate::envelope::{self, EpochField, RunFields};
+use crate::event::{AgentEvent, RunMeta};
 use crate::ids::{new_epoch, SessionId, UserId};
 use crate::metrics::{DropReason, Metrics};
 use crate::outbound::{ControlFrame, Frame};
@@ -61,12 +61,16 @@ struct Member {
 struct LiveRun {
     meta: Arc<RunMeta>,
     /// Cancelled by `stop_agent`; from then on the run's events are swallowed.
-    cancel: CancellationToken,
+    cancel: Arc<RunStop>,
+    /// The run's envelope fields, encoded once for all its events.
+    fields: RunFields,
 }
 
 pub(crate) struct User {
     id: UserId,
     epoch: String,
+    /// `epoch`, encoded once for every event's envelope.
+    epoch_field: EpochField,
     seq: u64,
     sessions: Vec<Member>,
     runs: HashMap<String, LiveRun>,
@@ -91,9 +95,11 @@ impl User {
         running_requests: Arc<AtomicUsize>,
     ) -> Self {
         let (metrics, supervision) = observers;
+        let epoch = new_epoch();
         User {
             id,
-            epoch: new_epoch(),
+            epoch_field: EpochField::new(&epoch),
+            epoch,
             seq: 0,
             sessions: Vec::new(),
             runs: HashMap::new(),
@@ -108,23 +114,32 @@ impl User {
         }
     }
 
-    /// Numbers, encodes once, buffers, and fans out one event; returns the encoded size.
+    /// Numbers and encodes (once) one event of a run this actor knows.
+    fn encode(&mut self, meta: &RunMeta, event: &AgentEvent, emitted_at: SystemTime) -> Frame {
+        self.seq += 1;
+        match self.runs.get(&meta.run_id) {
+            Some(run) => {
+                envelope::encode(self.seq, &self.epoch_field, &run.fields, emitted_at, event)
+            }
+            // A run this actor first hears of at its end (after a restart).
+            None => envelope::encode(
+                self.seq,
+                &self.epoch_field,
+                &RunFields::new(meta),
+                emitted_at,
+                event,
+            ),
+        }
+    }
+
+    /// Buffers and fans out one encoded event (numbered `self.seq`); returns its size.
     fn deliver(
         &mut self,
+        frame: Frame,
         meta: &Arc<RunMeta>,
         event: &AgentEvent,
         emitted_at: SystemTime,
     ) -> usize {
-        self.seq += 1;
-        let frame: Frame = EventFrame {
-            seq: self.seq,
-            epoch: &self.epoch,
-            meta,
-            timestamp: emitted_at,
-            event,
-        }
-        .to_json()
-        .into();
         let event_type = event.wire_type();
         self.metrics.published(event_type);
         for member in &mut self.sessions {
@@ -312,25 +327,29 @@ impl Handler<Published> for User {
     fn handle(&mut self, msg: Published, _: &mut Self::Context) {
         let run_id = &msg.meta.run_id;
         let mut encoded = 0;
-        if msg.cancel.is_cancelled() {
+        if msg.cancel.is_stopped() {
             // The client stopped this run and already got its `agent_error` (from this
             // actor, or from the one before it): nothing of the run may follow.
             self.runs.remove(run_id);
             self.metrics
                 .dropped(msg.event.wire_type(), DropReason::StoppedRun, 1);
         } else {
-            if msg.event.is_terminal() {
-                self.runs.remove(run_id);
-            } else if !self.runs.contains_key(run_id) {
+            let terminal = msg.event.is_terminal();
+            if !terminal && !self.runs.contains_key(run_id) {
                 self.runs.insert(
                     run_id.clone(),
                     LiveRun {
                         meta: msg.meta.clone(),
                         cancel: msg.cancel.clone(),
+                        fields: RunFields::new(&msg.meta),
                     },
                 );
             }
-            encoded = self.deliver(&msg.meta, &msg.event, msg.emitted_at);
+            let frame = self.encode(&msg.meta, &msg.event, msg.emitted_at);
+            if terminal {
+                self.runs.remove(run_id);
+            }
+            encoded = self.deliver(frame, &msg.meta, &msg.event, msg.emitted_at);
         }
         self.stats.handled(encoded);
     }

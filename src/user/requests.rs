@@ -8,6 +8,7 @@ use actix::{Handler, Message};
 use serde_json::Value;
 
 use super::{cut_off, over_backlog, wants, Member, User};
+use crate::envelope;
 use crate::event::{AgentError, AgentEvent, RunErrorCode};
 use crate::ids::SessionId;
 use crate::outbound::{ControlFrame, ErrorCode, Frame};
@@ -90,12 +91,15 @@ impl Handler<StopRun> for User {
     fn handle(&mut self, msg: StopRun, _: &mut Self::Context) {
         match self.runs.remove(&msg.run_id) {
             Some(run) => {
-                run.cancel.cancel();
+                run.cancel.stop();
                 let event = AgentEvent::Error(AgentError {
                     code: RunErrorCode::Cancelled,
                     message: "stopped by the client".to_owned(),
                 });
-                self.deliver(&run.meta, &event, SystemTime::now());
+                let now = SystemTime::now();
+                self.seq += 1;
+                let frame = envelope::encode(self.seq, &self.epoch_field, &run.fields, now, &event);
+                self.deliver(frame, &run.meta, &event, now);
             }
             None => {
                 let frame = ControlFrame::Error {

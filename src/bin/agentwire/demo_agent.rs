@@ -4,10 +4,13 @@
 //! thinking, one or two tool calls with arguments and results, and a final answer, with short
 //! pauses (about 1 to 3 s in all). For load tools, `start_agent` with
 //! `context: {"synthetic": {"events": N, "interval_ms": X}}` emits `agent_started`, N−2
-//! `agent_thinking` and `agent_completed`, X ms apart (0 = flat out). Every pause gives way
-//! to `stop_agent`.
+//! `agent_thinking` and `agent_completed`, X ms apart (0 = flat out) on a fixed schedule: the
+//! n-th event is due n·X ms after the start, so timer slack never lowers the rate a load tool
+//! asked for. Every pause gives way to `stop_agent`.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use agentwire::{AgentContext, AgentHandler, AgentRun, StartAgent};
 use rand::Rng;
@@ -45,8 +48,13 @@ impl AgentHandler for DemoAgent {
 
 /// Waits `ms`, or returns false at once if the client stopped the run.
 async fn pause(run: &AgentRun, ms: u64) -> bool {
+    pause_until(run, Instant::now() + Duration::from_millis(ms)).await
+}
+
+/// Waits until `deadline`, or returns false at once if the client stopped the run.
+async fn pause_until(run: &AgentRun, deadline: Instant) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+        _ = tokio::time::sleep_until(deadline) => true,
         _ = run.cancelled() => false,
     }
 }
@@ -135,10 +143,12 @@ async fn synthetic_run(ctx: AgentContext, spec: serde_json::Value) {
         }
     };
     let events = spec.events.clamp(2, MAX_SYNTHETIC_EVENTS);
-    let interval = spec.interval_ms.min(MAX_SYNTHETIC_INTERVAL_MS);
+    let interval = Duration::from_millis(spec.interval_ms.min(MAX_SYNTHETIC_INTERVAL_MS));
+    let began = Instant::now();
+    let due = |n: u64| began + interval * u32::try_from(n).unwrap_or(u32::MAX);
     for n in 1..=events - 2 {
-        if interval > 0 {
-            if !pause(&run, interval).await {
+        if !interval.is_zero() {
+            if !pause_until(&run, due(n)).await {
                 return;
             }
         } else if n % 64 == 0 {
@@ -152,7 +162,7 @@ async fn synthetic_run(ctx: AgentContext, spec: serde_json::Value) {
         }
         run.thinking(format!("synthetic event {n}"));
     }
-    if interval > 0 && !pause(&run, interval).await {
+    if !interval.is_zero() && !pause_until(&run, due(events - 1)).await {
         return;
     }
     run.complete(format!("synthetic run of {events} events done"));

@@ -64,6 +64,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .route("/agentwire.js", web::get().to(client_js))
             .route("/favicon.ico", web::get().to(HttpResponse::NoContent))
     })
+    // Each event is its own small frame, written as soon as it is encoded: without
+    // TCP_NODELAY, Nagle's algorithm holds a frame back until the client acknowledges the
+    // previous one (up to its delayed-ACK timer, 40 ms on Linux).
+    .tcp_nodelay(true)
     // Signals are ours: sockets are drained with 1012 before the HTTP server stops.
     .disable_signals()
     .shutdown_timeout(1)

@@ -1,0 +1,212 @@
+//! The user actor's event encoder: writes the JSON envelope of [`crate::event::EventFrame`]
+//! with the parts that never change escaped once, not once per event.
+//!
+//! Every event of a run carries the same `thread_id`, `run_id` and `agent_name`, and every
+//! event of a user actor the same `epoch`; [`RunFields`] and [`EpochField`] hold those
+//! fields already encoded. Per event only `type`, `seq`, `timestamp`, `tool_name` and `data`
+//! are written, into a reused per-thread buffer, and the finished frame is copied once into
+//! an allocation of exactly its size that every socket of the user then shares. The output
+//! is byte-for-byte what serializing an `EventFrame` with serde produces (the golden files
+//! pin it, and a property test compares the two on arbitrary strings).
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::time::SystemTime;
+
+use crate::event::{AgentEvent, RunMeta};
+use crate::outbound::Frame;
+
+/// A run's `"thread_id":…,"run_id":…,"agent_name":…`, encoded once.
+#[derive(Debug)]
+pub(crate) struct RunFields(Vec<u8>);
+
+impl RunFields {
+    pub(crate) fn new(meta: &RunMeta) -> Self {
+        let mut out = Vec::with_capacity(64 + meta.run_id.len() + meta.thread_id.len());
+        out.extend_from_slice(b"\"thread_id\":");
+        write_json_str(&mut out, &meta.thread_id);
+        out.extend_from_slice(b",\"run_id\":");
+        write_json_str(&mut out, &meta.run_id);
+        out.extend_from_slice(b",\"agent_name\":");
+        write_json_str(&mut out, &meta.agent_name);
+        RunFields(out)
+    }
+}
+
+/// A user actor's `"epoch":…`, encoded once.
+#[derive(Debug)]
+pub(crate) struct EpochField(Vec<u8>);
+
+impl EpochField {
+    pub(crate) fn new(epoch: &str) -> Self {
+        let mut out = b"\"epoch\":".to_vec();
+        write_json_str(&mut out, epoch);
+        EpochField(out)
+    }
+}
+
+thread_local! {
+    /// Where frames are assembled before their one exact-size copy.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+/// Encodes one numbered event as its envelope.
+pub(crate) fn encode(
+    seq: u64,
+    epoch: &EpochField,
+    run: &RunFields,
+    timestamp: SystemTime,
+    event: &AgentEvent,
+) -> Frame {
+    SCRATCH.with(|scratch| {
+        let mut out = scratch.borrow_mut();
+        out.clear();
+        write_envelope(&mut out, seq, epoch, run, timestamp, event);
+        // serde_json writes UTF-8 and so does everything else here; the fallback only
+        // exists so this can never panic.
+        match std::str::from_utf8(&out) {
+            Ok(text) => Frame::from(text),
+            Err(_) => Frame::from(String::from_utf8_lossy(&out).into_owned()),
+        }
+    })
+}
+
+fn write_envelope(
+    out: &mut Vec<u8>,
+    seq: u64,
+    epoch: &EpochField,
+    run: &RunFields,
+    timestamp: SystemTime,
+    event: &AgentEvent,
+) {
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(event.wire_type().as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(itoa_u64(seq, &mut [0; 20]));
+    out.push(b',');
+    out.extend_from_slice(&epoch.0);
+    out.push(b',');
+    out.extend_from_slice(&run.0);
+    // RFC 3339 digits and separators only: nothing to escape.
+    let _ = write!(
+        out,
+        ",\"timestamp\":\"{}\"",
+        humantime::format_rfc3339_micros(timestamp)
+    );
+    if let Some(tool_name) = event.tool_name() {
+        out.extend_from_slice(b",\"tool_name\":");
+        write_json_str(out, tool_name);
+    }
+    out.extend_from_slice(b",\"data\":");
+    // Writing plain structs of strings and `Value`s into a Vec cannot fail.
+    let _ = match event {
+        AgentEvent::Started(data) => serde_json::to_writer(&mut *out, data),
+        AgentEvent::Thinking(data) => serde_json::to_writer(&mut *out, data),
+        AgentEvent::ToolExecuting(data) => serde_json::to_writer(&mut *out, data),
+        AgentEvent::ToolCompleted(data) => serde_json::to_writer(&mut *out, data),
+        AgentEvent::Completed(data) => serde_json::to_writer(&mut *out, data),
+        AgentEvent::Error(data) => serde_json::to_writer(&mut *out, data),
+    };
+    out.push(b'}');
+}
+
+/// A JSON string literal, escaped exactly as serde_json escapes it.
+fn write_json_str(out: &mut Vec<u8>, value: &str) {
+    let _ = serde_json::to_writer(out, value);
+}
+
+/// `n` in decimal, without going through `fmt`.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn both(seq: u64, epoch: &str, meta: &RunMeta, at: SystemTime, event: &AgentEvent) {
+        let fast = encode(
+            seq,
+            &EpochField::new(epoch),
+            &RunFields::new(meta),
+            at,
+            event,
+        );
+        let serde = EventFrame {
+            seq,
+            epoch,
+            meta,
+            timestamp: at,
+            event,
+        }
+        .to_json();
+        assert_eq!(&*fast, serde.as_str());
+    }
+
+    fn events(text: &str) -> Vec<AgentEvent> {
+        vec![
+            AgentEvent::Started(AgentStarted {
+                user_request: Some(text.into()),
+                client_ref: Some(json!({ "k": text })),
+            }),
+            AgentEvent::Thinking(AgentThinking { text: text.into() }),
+            AgentEvent::ToolExecuting(ToolExecuting {
+                tool_call_id: "call_1".into(),
+                tool_name: text.into(),
+                args: json!([text, 1.5, null]),
+            }),
+            AgentEvent::ToolCompleted(ToolCompleted {
+                tool_call_id: "call_1".into(),
+                tool_name: text.into(),
+                outcome: ToolOutcome::Error { error: text.into() },
+                duration_ms: 3,
+            }),
+            AgentEvent::Completed(AgentCompleted {
+                answer: text.into(),
+                duration_ms: u64::MAX,
+            }),
+            AgentEvent::Error(AgentError {
+                code: RunErrorCode::Panicked,
+                message: text.into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn seq_digits() {
+        for n in [0, 7, 10, 99, 12_345, u64::MAX] {
+            assert_eq!(itoa_u64(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
+
+    proptest! {
+        /// The fast encoder writes exactly what serde writes, whatever the strings hold
+        /// (quotes, backslashes, control characters, non-ASCII).
+        #[test]
+        fn same_bytes_as_serde(
+            text in any::<String>(),
+            ids in prop::array::uniform3(any::<String>()),
+            epoch in any::<String>(),
+            seq in any::<u64>(),
+            micros in 0u64..4_102_444_800_000_000,
+        ) {
+            let [run_id, thread_id, agent_name] = ids;
+            let meta = RunMeta { run_id, thread_id, agent_name };
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(micros);
+            for event in events(&text) {
+                both(seq, &epoch, &meta, at, &event);
+            }
+        }
+    }
+}
