@@ -29,9 +29,11 @@ use crate::user::{Attach, Detach, Drain, Retire, User};
 
 mod placement;
 mod snapshot;
+mod sockets;
 mod supervise;
 
 use placement::Placement;
+use sockets::{SessionEntry, Sockets};
 
 pub(crate) use snapshot::Snapshot;
 pub use snapshot::{RegistrySnapshot, UserSnapshot};
@@ -44,17 +46,11 @@ const MAILBOX_CAPACITY: usize = 16;
 /// How often a drain closes the next batch of users' sockets.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
 
-/// The registry's record of one socket.
-struct SessionEntry {
-    addr: Addr<Session>,
-    stats: Arc<ActorStats>,
-}
-
 /// The registry's record of one user.
 struct Member {
     addr: Addr<User>,
     stats: Arc<ActorStats>,
-    sessions: HashMap<SessionId, SessionEntry>,
+    sessions: Sockets,
     /// The arbiter the user's actor runs on (a restart goes back there).
     home: ArbiterHandle,
     /// Which spawn of this user's actor is current (unique for the registry's lifetime), so
@@ -267,7 +263,7 @@ impl Handler<Connect> for Registry {
                 addr: spawned.addr,
                 stats: spawned.stats,
                 home: spawned.home,
-                sessions: HashMap::new(),
+                sessions: Sockets::new(),
                 generation: spawned.generation,
                 restarts: RestartHistory::default(),
                 running_requests,

@@ -104,21 +104,26 @@ impl Placement {
 }
 
 /// One user actor's life: the actor's future inside `catch_unwind`, and a guard for a
-/// thread that stops before the actor does.
-async fn supervised(
+/// thread that stops before the actor does. Built from combinators rather than an `async`
+/// block, which would keep a second copy of the actor's slot in the task (a task per idle
+/// user, so its size is memory per socket).
+fn supervised(
     actor: User,
     mailbox: AddressReceiver<User>,
     registry: Addr<Registry>,
     died: UserDied,
-) {
+) -> impl std::future::Future<Output = ()> {
     let mut guard = ThreadStopGuard(Some((registry, died)));
     let running = Context::with_receiver(mailbox).into_future(actor);
-    let panicked = AssertUnwindSafe(running).catch_unwind().await.is_err();
-    if let Some((registry, died)) = guard.0.take() {
-        if panicked {
-            registry.do_send(died);
-        }
-    }
+    AssertUnwindSafe(running)
+        .catch_unwind()
+        .map(move |outcome| {
+            if let Some((registry, died)) = guard.0.take() {
+                if outcome.is_err() {
+                    registry.do_send(died);
+                }
+            }
+        })
 }
 
 /// Reports the actor as dead if its task is dropped unfinished (its thread stopped).

@@ -78,7 +78,7 @@ impl Handler<UserDied> for Registry {
         member.stats = spawned.stats;
         member.generation = spawned.generation;
         member.home = spawned.home;
-        for (session_id, session) in &member.sessions {
+        for (session_id, session) in member.sessions.iter() {
             addr.do_send(Attach {
                 session_id: *session_id,
                 addr: session.addr.clone(),

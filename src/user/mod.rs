@@ -101,7 +101,8 @@ impl User {
             epoch_field: EpochField::new(&epoch),
             epoch,
             seq: 0,
-            sessions: Vec::new(),
+            // Most users have one socket.
+            sessions: Vec::with_capacity(1),
             runs: HashMap::new(),
             replay: ReplayBuffer::new(config.replay_max_events, config.replay_max_age, budget),
             stats,

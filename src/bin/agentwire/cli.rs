@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// agentwire: an actor-based WebSocket runtime for AI-agent backends.
 #[derive(Parser, Debug)]
@@ -97,4 +97,16 @@ pub struct ServeArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "AGENTWIRE_WORKERS")]
     pub workers: Option<usize>,
+    /// Where user actors run (see `UserPlacement` in the library docs).
+    #[arg(long, env = "AGENTWIRE_USER_PLACEMENT", value_enum, default_value_t = Placement::FirstSocket)]
+    pub user_placement: Placement,
+}
+
+/// `--user-placement`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Placement {
+    /// On the thread of the user's first socket, with its handler tasks (the default).
+    FirstSocket,
+    /// On dedicated arbiter threads, one per core.
+    Pool,
 }

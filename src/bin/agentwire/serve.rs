@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use agentwire::{Config, JwtAuthenticator, Runtime};
+use agentwire::{Config, JwtAuthenticator, Runtime, UserPlacement};
 use rand::Rng;
 
-use crate::cli::ServeArgs;
+use crate::cli::{Placement, ServeArgs};
 use crate::demo_agent::DemoAgent;
 use crate::demo_login::{self, DemoIssuer};
 
@@ -42,6 +42,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
         client_timeout: Duration::from_millis(args.client_timeout_ms),
         resume_window: Duration::from_millis(args.resume_window_ms),
+        user_placement: match args.user_placement {
+            Placement::FirstSocket => UserPlacement::WithFirstSocket,
+            Placement::Pool => UserPlacement::Pool,
+        },
         ..Config::default()
     };
     let runtime = Runtime::builder(JwtAuthenticator::hs256(jwt_secret.as_bytes()))
