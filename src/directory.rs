@@ -18,7 +18,7 @@ use crate::user::User;
 
 /// A published user actor: its address, and its counters (the bus counts what it queues).
 struct Entry {
-    addr: Addr<User>,
+    addr: Arc<Addr<User>>,
     stats: Arc<ActorStats>,
 }
 
@@ -65,7 +65,7 @@ impl DirectoryReader {
 }
 
 impl DirectoryWriter {
-    pub(crate) fn insert(&mut self, user: UserId, addr: Addr<User>, stats: Arc<ActorStats>) {
+    pub(crate) fn insert(&mut self, user: UserId, addr: Arc<Addr<User>>, stats: Arc<ActorStats>) {
         self.0.write().insert(user, Entry { addr, stats });
     }
 

@@ -301,6 +301,26 @@ async fn a_socket_is_closed_with_4002_when_its_token_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_outliving_several_heartbeats_still_closes_with_4002_at_expiry() {
+    // The expiry close is armed by the heartbeat once the token has less than one interval
+    // left: here after a few heartbeats, not at connect.
+    let server = TestServer::start_with(Config {
+        heartbeat_interval: Duration::from_millis(300),
+        client_timeout: Duration::from_secs(10),
+        ..Config::default()
+    });
+    let url = server.ws_url();
+    let mut client = common::Client::connect_subprotocol(&url, &common::token("lasting", 2)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(client.expect_close().await, close_code::TOKEN_EXPIRED);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed at expiry, not at once ({waited:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_welcome_comes_first_even_when_the_client_speaks_first() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;

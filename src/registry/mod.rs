@@ -48,7 +48,7 @@ const DRAIN_TICK: Duration = Duration::from_millis(10);
 
 /// The registry's record of one user.
 struct Member {
-    addr: Addr<User>,
+    addr: Arc<Addr<User>>,
     stats: Arc<ActorStats>,
     sessions: Sockets,
     /// The arbiter the user's actor runs on (a restart goes back there).
@@ -70,7 +70,7 @@ struct Member {
 
 /// A freshly started user actor.
 struct Spawned {
-    addr: Addr<User>,
+    addr: Arc<Addr<User>>,
     stats: Arc<ActorStats>,
     generation: u64,
     home: ArbiterHandle,
@@ -86,7 +86,9 @@ pub(crate) struct Registry {
     directory: DirectoryWriter,
     budget: Arc<ReplayBudget>,
     placement: Placement,
-    users: HashMap<UserId, Member>,
+    /// Boxed: at tens of thousands of users, the table's empty slots then cost a pointer
+    /// each instead of a whole record.
+    users: HashMap<UserId, Box<Member>>,
     /// Open sockets over all users.
     sessions: usize,
     draining: bool,
@@ -146,15 +148,13 @@ impl Registry {
             running_requests,
         );
         let (tx, rx) = actix::dev::channel::channel(MAILBOX_CAPACITY);
-        let addr = Addr::new(tx);
+        let addr = Arc::new(Addr::new(tx));
         let died = UserDied {
             user: user.clone(),
             generation,
             cause: "the actor panicked",
         };
-        let home = self
-            .placement
-            .run_supervised(home, actor, rx, ctx.address(), died);
+        let home = self.placement.run_supervised(home, actor, rx, ctx, died);
         self.directory
             .insert(user.clone(), addr.clone(), stats.clone());
         log::debug!("registry: started user:{user} (generation {generation})");
@@ -209,7 +209,7 @@ impl Actor for Registry {
 pub(crate) struct Connect {
     pub session_id: SessionId,
     pub user: UserId,
-    pub addr: Addr<Session>,
+    pub addr: Arc<Addr<Session>>,
     pub stats: Arc<ActorStats>,
     pub resume: Option<(String, u64)>,
     /// The arbiter the session runs on (None outside an actix arbiter).
@@ -270,7 +270,7 @@ impl Handler<Connect> for Registry {
                 idle_since: None,
                 idle_generation: 0,
             };
-            self.users.insert(msg.user.clone(), member);
+            self.users.insert(msg.user.clone(), Box::new(member));
         }
         let Some(member) = self.users.get_mut(&msg.user) else {
             return;
@@ -287,6 +287,7 @@ impl Handler<Connect> for Registry {
         self.sessions += 1;
         self.metrics.connected();
         member.addr.do_send(Attach {
+            user_addr: member.addr.clone(),
             session_id: msg.session_id,
             addr: msg.addr,
             stats: msg.stats,
@@ -409,7 +410,7 @@ impl Handler<DrainAll> for Registry {
             return;
         }
         self.draining = true;
-        let pending: Vec<Addr<User>> = self
+        let pending: Vec<Arc<Addr<User>>> = self
             .users
             .values()
             .filter(|m| !m.sessions.is_empty())
@@ -421,7 +422,7 @@ impl Handler<DrainAll> for Registry {
 }
 
 /// Drains one batch of users now and schedules the rest, a batch per tick.
-fn drain_batches(mut pending: Vec<Addr<User>>, batch: usize, ctx: &mut Context<Registry>) {
+fn drain_batches(mut pending: Vec<Arc<Addr<User>>>, batch: usize, ctx: &mut Context<Registry>) {
     let cut = pending.len().saturating_sub(batch);
     for user in pending.drain(cut..) {
         user.do_send(Drain);

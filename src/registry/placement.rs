@@ -13,9 +13,10 @@
 //! being told to stop.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use actix::dev::channel::AddressReceiver;
-use actix::{Addr, ArbiterHandle, Context};
+use actix::{Addr, ArbiterHandle, AsyncContext, Context};
 use futures_util::FutureExt;
 
 use super::{Registry, UserDied};
@@ -27,6 +28,9 @@ pub(super) struct Placement {
     policy: UserPlacement,
     pool: Vec<ArbiterHandle>,
     next: usize,
+    /// The registry's address, shared by every actor's crash guard (an `Addr` clone
+    /// allocates; an `Arc` clone does not).
+    registry: Option<Arc<Addr<Registry>>>,
 }
 
 impl Placement {
@@ -35,6 +39,7 @@ impl Placement {
             policy,
             pool,
             next: 0,
+            registry: None,
         }
     }
 
@@ -60,13 +65,17 @@ impl Placement {
         home: ArbiterHandle,
         actor: User,
         mailbox: AddressReceiver<User>,
-        registry: Addr<Registry>,
+        registry: &Context<Registry>,
         died: UserDied,
     ) -> ArbiterHandle {
+        let registry = self
+            .registry
+            .get_or_insert_with(|| Arc::new(registry.address()))
+            .clone();
         // The actor and its mailbox move into the task, which is built on the target
         // thread; if that thread is gone, `spawn_fn` hands nothing back, so the start is
         // retried on the pool with a fresh copy of the parts.
-        let parts = std::sync::Arc::new(parking_lot::Mutex::new(Some((actor, mailbox))));
+        let parts = Arc::new(parking_lot::Mutex::new(Some((actor, mailbox))));
         let start = |arbiter: &ArbiterHandle| {
             let parts = parts.clone();
             let registry = registry.clone();
@@ -110,7 +119,7 @@ impl Placement {
 fn supervised(
     actor: User,
     mailbox: AddressReceiver<User>,
-    registry: Addr<Registry>,
+    registry: Arc<Addr<Registry>>,
     died: UserDied,
 ) -> impl std::future::Future<Output = ()> {
     let mut guard = ThreadStopGuard(Some((registry, died)));
@@ -127,7 +136,7 @@ fn supervised(
 }
 
 /// Reports the actor as dead if its task is dropped unfinished (its thread stopped).
-struct ThreadStopGuard(Option<(Addr<Registry>, UserDied)>);
+struct ThreadStopGuard(Option<(Arc<Addr<Registry>>, UserDied)>);
 
 impl Drop for ThreadStopGuard {
     fn drop(&mut self) {

@@ -14,7 +14,7 @@ use crate::stats::ActorStats;
 
 /// The registry's record of one socket.
 pub(super) struct SessionEntry {
-    pub addr: Addr<Session>,
+    pub addr: Arc<Addr<Session>>,
     pub stats: Arc<ActorStats>,
 }
 

@@ -80,6 +80,7 @@ impl Handler<UserDied> for Registry {
         member.home = spawned.home;
         for (session_id, session) in member.sessions.iter() {
             addr.do_send(Attach {
+                user_addr: addr.clone(),
                 session_id: *session_id,
                 addr: session.addr.clone(),
                 stats: session.stats.clone(),

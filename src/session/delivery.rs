@@ -108,7 +108,7 @@ impl Handler<Deliver> for Session {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Welcome {
-    pub user: Addr<User>,
+    pub user: Arc<Addr<User>>,
     pub running_requests: Arc<AtomicUsize>,
     pub frame: Frame,
     pub resuming: bool,

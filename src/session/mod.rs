@@ -36,9 +36,6 @@ mod requests;
 use delivery::Flow;
 pub(crate) use delivery::{CloseSession, Deliver, Replay, Stall, Welcome};
 
-/// The longest single timer a session arms for token expiry; longer waits re-arm.
-const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// Reported when a socket ended without any close frame (RFC 6455 reserves 1006 for it).
 const ABNORMAL_CLOSURE: u16 = 1006;
 
@@ -50,7 +47,7 @@ const INVALID_UTF8: &[u8] = &[0xFF];
 
 /// What a session knows of its user's actor once welcomed.
 struct UserLink {
-    addr: Addr<User>,
+    addr: Arc<Addr<User>>,
     /// Client requests of this user now running in handler tasks (all sockets share it).
     running_requests: Arc<AtomicUsize>,
 }
@@ -64,7 +61,7 @@ pub(crate) struct Session {
     flow: Flow,
     /// `?epoch=&last_seq=` from the upgrade request, handed to the registry on connect.
     resume_at_connect: Option<(String, u64)>,
-    /// When the token the socket was opened with expires.
+    /// When the token the socket was opened with expires; taken once its close is armed.
     token_expires_at: Option<SystemTime>,
     gate: InboundGate,
     /// Verdicts on client frames that arrived before the welcome (messages to handle, errors
@@ -146,25 +143,28 @@ impl Session {
         }
     }
 
-    /// Closes the socket with 4002 when its token expires.
-    fn schedule_token_expiry(&self, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Arms the close with 4002 for when the token expires, once that is within one
+    /// heartbeat interval (checked at start and on every heartbeat). A socket whose token
+    /// lives for hours so holds one timer (the heartbeat) instead of two: memory per idle
+    /// socket.
+    fn arm_token_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let Some(expires_at) = self.token_expires_at else {
             return;
         };
         let left = expires_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        ctx.run_later(left.min(MAX_TIMER), move |session, ctx| {
-            if left > MAX_TIMER {
-                session.schedule_token_expiry(ctx);
-            } else {
-                log::info!(
-                    "session:{}: token of user:{} expired",
-                    session.id,
-                    session.user_id
-                );
-                session.close(ctx, close_code::TOKEN_EXPIRED);
-            }
+        if left > self.shared.config.heartbeat_interval {
+            return;
+        }
+        self.token_expires_at = None;
+        ctx.run_later(left, |session, ctx| {
+            log::info!(
+                "session:{}: token of user:{} expired",
+                session.id,
+                session.user_id
+            );
+            session.close(ctx, close_code::TOKEN_EXPIRED);
         });
     }
 }
@@ -178,15 +178,16 @@ impl Actor for Session {
         self.shared.registry.do_send(Connect {
             session_id: self.id,
             user: self.user_id.clone(),
-            addr: ctx.address(),
+            addr: Arc::new(ctx.address()),
             stats: self.stats.clone(),
             resume: self.resume_at_connect.take(),
             home: actix::Arbiter::try_current(),
         });
         ctx.run_interval(self.shared.config.heartbeat_interval, |session, ctx| {
+            session.arm_token_expiry(ctx);
             session.heartbeat(ctx)
         });
-        self.schedule_token_expiry(ctx);
+        self.arm_token_expiry(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

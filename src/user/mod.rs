@@ -23,7 +23,7 @@ mod requests;
 
 pub(crate) use requests::{Crash, Resume, StopRun, SwitchThread};
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
 
 use crate::bus::{Published, RunStop};
 use crate::close_code;
@@ -42,7 +42,7 @@ use crate::supervision::{SupervisionKind, SupervisionLog};
 /// A session attached to this user.
 struct Member {
     id: SessionId,
-    addr: Addr<Session>,
+    addr: Arc<Addr<Session>>,
     stats: Arc<ActorStats>,
     /// `switch_thread`: when set, only this thread's events go to the session.
     thread: Option<String>,
@@ -214,8 +214,10 @@ impl Actor for User {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Attach {
+    /// This actor's address as the registry shares it (handed on to the session).
+    pub user_addr: Arc<Addr<User>>,
     pub session_id: SessionId,
-    pub addr: Addr<Session>,
+    pub addr: Arc<Addr<Session>>,
     pub stats: Arc<ActorStats>,
     /// `?epoch=&last_seq=` from the upgrade request.
     pub resume: Option<(String, u64)>,
@@ -227,7 +229,7 @@ pub(crate) struct Attach {
 impl Handler<Attach> for User {
     type Result = ();
 
-    fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
         let frame = if msg.after_restart {
             ControlFrame::ResyncRequired {
                 epoch: &self.epoch,
@@ -257,7 +259,7 @@ impl Handler<Attach> for User {
             resumed: false,
         };
         member.addr.do_send(Welcome {
-            user: ctx.address(),
+            user: msg.user_addr,
             running_requests: self.running_requests.clone(),
             frame,
             resuming: msg.resume.is_some(),
