@@ -128,6 +128,37 @@ async fn switch_thread_narrows_one_socket_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_restarts_the_resume_window_and_each_user_expires_on_its_own_clock() {
+    let window = std::time::Duration::from_millis(600);
+    let server = TestServer::start_with(agentwire::Config {
+        resume_window: window,
+        ..agentwire::Config::default()
+    });
+    // gail goes idle first, then hal; gail comes back and leaves again, so her window
+    // starts over and now ends after hal's.
+    drop(server.connect("gail").await);
+    server.wait_for_sessions(0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(server.connect("hal").await);
+    server.wait_for_sessions(0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let gail = server.connect("gail").await;
+    server.wait_for_sessions(1).await;
+    drop(gail);
+    let gail_idle = std::time::Instant::now();
+    server.wait_for_sessions(0).await;
+
+    server.wait_for_user_gone("hal").await;
+    let snapshot = server.runtime.snapshot().await.unwrap();
+    assert!(
+        snapshot.users.contains_key("gail") || gail_idle.elapsed() >= window,
+        "gail was retired on her first window, not the one her reconnect started"
+    );
+    server.wait_for_user_gone("gail").await;
+    assert!(gail_idle.elapsed() >= window - std::time::Duration::from_millis(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_tracks_sockets_and_retires_users() {
     let server = TestServer::start_with(agentwire::Config {
         resume_window: std::time::Duration::from_millis(300),

@@ -27,11 +27,13 @@ use crate::stats::{ActorState, ActorStats};
 use crate::supervision::{RestartHistory, SupervisionLog};
 use crate::user::{Attach, Detach, Drain, Retire, User};
 
+mod idle;
 mod placement;
 mod snapshot;
 mod sockets;
 mod supervise;
 
+use idle::IdleUsers;
 use placement::Placement;
 use sockets::{SessionEntry, Sockets};
 
@@ -61,11 +63,9 @@ struct Member {
     /// The user's client requests running in handler tasks; kept across restarts, since
     /// those tasks outlive a crashed actor.
     running_requests: Arc<AtomicUsize>,
-    /// Since when the user has had no socket (its resume window is running).
+    /// Since when the user has had no socket (its resume window is running); the same
+    /// instant keys it in `Registry::idle`.
     idle_since: Option<Instant>,
-    /// Which idle period the running expiry timer belongs to (from the registry's counter,
-    /// unique for the registry's lifetime), so a stale timer does nothing.
-    idle_generation: u64,
 }
 
 /// A freshly started user actor.
@@ -92,8 +92,9 @@ pub(crate) struct Registry {
     /// Open sockets over all users.
     sessions: usize,
     draining: bool,
-    /// Source of unique idle generations and actor generations.
-    idle_generations: u64,
+    /// The users without a socket, and the one timer for their resume windows.
+    idle: IdleUsers,
+    /// Source of unique actor generations.
     user_generations: u64,
     /// Events for users without an actor (never connected, or past their resume window).
     dropped_for_absent_users: u64,
@@ -120,7 +121,7 @@ impl Registry {
             users: HashMap::new(),
             sessions: 0,
             draining: false,
-            idle_generations: 0,
+            idle: IdleUsers::default(),
             user_generations: 0,
             dropped_for_absent_users: 0,
         }
@@ -169,6 +170,7 @@ impl Registry {
     /// Removes a user's actor: unpublished first, so no emitter finds it after it is told
     /// to retire.
     fn retire(&mut self, user: &UserId, why: &str) {
+        self.not_idle(user);
         self.directory.remove(user);
         if let Some(member) = self.users.remove(user) {
             member.addr.do_send(Retire);
@@ -179,13 +181,7 @@ impl Registry {
     /// At the user cap: expires the user idle the longest. False when every user has a
     /// socket.
     fn make_room(&mut self) -> bool {
-        let oldest = self
-            .users
-            .iter()
-            .filter_map(|(id, m)| m.idle_since.map(|since| (since, id)))
-            .min()
-            .map(|(_, id)| id.clone());
-        match oldest {
+        match self.idle.oldest().cloned() {
             Some(user) => {
                 self.retire(&user, "user cap reached; idle the longest");
                 true
@@ -268,14 +264,13 @@ impl Handler<Connect> for Registry {
                 restarts: RestartHistory::default(),
                 running_requests,
                 idle_since: None,
-                idle_generation: 0,
             };
             self.users.insert(msg.user.clone(), Box::new(member));
         }
+        self.not_idle(&msg.user);
         let Some(member) = self.users.get_mut(&msg.user) else {
             return;
         };
-        member.idle_since = None;
         member.stats.set_state(ActorState::Live);
         member.sessions.insert(
             msg.session_id,
@@ -340,21 +335,7 @@ impl Handler<Disconnect> for Registry {
             self.retire(&msg.user, "last socket left");
             return;
         }
-        self.idle_generations += 1;
-        let generation = self.idle_generations;
-        member.stats.set_state(ActorState::Idle);
-        member.idle_since = Some(Instant::now());
-        member.idle_generation = generation;
-        let user = msg.user;
-        ctx.run_later(self.config.resume_window, move |registry, _| {
-            let expired = registry
-                .users
-                .get(&user)
-                .is_some_and(|m| m.sessions.is_empty() && m.idle_generation == generation);
-            if expired {
-                registry.retire(&user, "resume window over");
-            }
-        });
+        self.went_idle(&msg.user, ctx);
     }
 }
 

@@ -46,6 +46,9 @@ impl Handler<UserDied> for Registry {
         }
         let (max, window) = (self.config.max_restarts, self.config.restart_window);
         if !member.restarts.allow_restart(max, window) {
+            if let Some(since) = member.idle_since {
+                self.idle.remove(since, &msg.user);
+            }
             for session in member.sessions.values() {
                 session
                     .addr
@@ -100,8 +103,8 @@ impl Handler<UserDied> for Registry {
             ),
         );
         if member.sessions.is_empty() {
-            // Still within its resume window; the window's timer (keyed by the unchanged
-            // idle generation) retires it as before.
+            // Still within its resume window, and still in the idle set under the same
+            // instant: the window's end retires it as before.
             member.stats.set_state(crate::stats::ActorState::Idle);
         }
         self.users.insert(msg.user, member);
