@@ -16,7 +16,9 @@
 //!   user's events, encodes each once, keeps them for resume, fans the bytes out to the
 //!   user's sockets (cutting off one that stopped reading), and owns the user's live runs.
 //! - One **session actor** per socket (`session`), the only module that touches
-//!   actix-web-actors: it decodes client frames and writes what its user's actor posts.
+//!   actix-web-actors: it decodes client frames and writes what its user's actor posts. A
+//!   session can also run over in-process streams ([`InMemorySocket`], from
+//!   [`Runtime::connect_in_memory`]) for tests and benchmarks without a network.
 //!
 //! Around the tree:
 //!
@@ -131,6 +133,7 @@ pub use jwt::{JwtAuthenticator, DEFAULT_LEEWAY_SECS};
 pub use registry::{Fault, RegistrySnapshot, UserSnapshot};
 pub use routes::routes;
 pub use runtime::{FaultError, Runtime, RuntimeBuilder, RuntimeGone, ShutdownReport};
+pub use session::InMemorySocket;
 pub use stats::{ActorState, ActorStats, StatsSnapshot};
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.

@@ -1,7 +1,7 @@
 //! The [`Runtime`]: the cloneable handle that is the only way into agentwire.
 //!
-//! Starting a runtime starts its registry (on its own arbiter) and the pool of arbiters its
-//! user actors run on. The runtime is what an actix-web app mounts with [`crate::routes`] and
+//! Starting a runtime starts its registry (on its own arbiter) and a small pool of arbiters
+//! for user actors (their home with `UserPlacement::Pool`, otherwise only a fallback). The runtime is what an actix-web app mounts with [`crate::routes`] and
 //! what application code emits through ([`Runtime::user`]), from any thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -145,6 +145,31 @@ impl Runtime {
             .await
             .map_err(|_| FaultError(RuntimeGone.to_string()))?
             .map_err(FaultError)
+    }
+
+    /// Opens an in-memory connection for `user`: a real session, attached and welcomed like
+    /// a socket's, whose frames travel in-process instead of over TCP. No token is checked
+    /// (the caller vouches for the user). For testing handlers without a network, and for
+    /// benchmarking the delivery path without the kernel's socket costs. Must be called and
+    /// used on a thread of the actix system the runtime runs in.
+    ///
+    /// ```
+    /// use agentwire::{JwtAuthenticator, Runtime, UserId};
+    /// actix_web::rt::System::new().block_on(async {
+    ///     let runtime = Runtime::builder(JwtAuthenticator::hs256(b"secret")).start().unwrap();
+    ///     let alice = UserId::new("alice").unwrap();
+    ///     let mut socket = runtime.connect_in_memory(alice.clone());
+    ///     let welcome = socket.recv().await.unwrap();
+    ///     assert!(welcome.contains(r#""type":"welcome""#));
+    ///     socket.send(r#"{"type":"ping"}"#).await; // ends the resume hold
+    ///     assert!(socket.recv().await.unwrap().contains(r#""type":"pong""#));
+    ///     runtime.user(alice).start_run("t1", "helper").complete("done");
+    ///     let started = socket.recv().await.unwrap();
+    ///     assert!(started.contains(r#""type":"agent_started","seq":1"#));
+    /// });
+    /// ```
+    pub fn connect_in_memory(&self, user: UserId) -> crate::InMemorySocket {
+        crate::session::connect_in_memory(self.shared.clone(), user)
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {

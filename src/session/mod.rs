@@ -7,10 +7,11 @@
 //! are already encoded and shared between the user's sockets. It pings on a timer and closes
 //! a socket that has been silent past the client timeout, or whose token expired.
 //!
-//! The module has three files: this one (the actor, the upgrade, heartbeat and expiry),
+//! The module has four files: this one (the actor, the upgrade, heartbeat and expiry),
 //! `requests` (the inbound side: client frames through the gate to the handler or the user's
-//! actor) and `delivery` (the outbound side: what the user's actor posts, and the
-//! hold/replay/live flow that keeps a replay ahead of live frames).
+//! actor), `delivery` (the outbound side: what the user's actor posts, and the
+//! hold/replay/live flow that keeps a replay ahead of live frames) and `in_memory` (the same
+//! session over an in-process byte stream instead of a TCP socket).
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
@@ -31,10 +32,13 @@ use crate::supervision::SupervisionKind;
 use crate::user::User;
 
 mod delivery;
+mod in_memory;
 mod requests;
 
 use delivery::Flow;
 pub(crate) use delivery::{CloseSession, Deliver, Replay, Stall, Welcome};
+pub(crate) use in_memory::connect_in_memory;
+pub use in_memory::InMemorySocket;
 
 /// Reported when a socket ended without any close frame (RFC 6455 reserves 1006 for it).
 const ABNORMAL_CLOSURE: u16 = 1006;
@@ -93,23 +97,9 @@ pub(crate) fn upgrade(
     start: SessionStart,
 ) -> Result<HttpResponse, actix_web::Error> {
     let max_frame = shared.config.max_frame_bytes;
-    let now = Instant::now();
-    let session = Session {
-        id: shared.next_session_id(),
-        user_id: start.user_id,
-        gate: InboundGate::new(GateLimits::from(&*shared.config), now),
-        shared,
-        user: None,
-        flow: Flow::Connecting,
-        resume_at_connect: start.resume_at_connect,
-        token_expires_at: start.token_expires_at,
-        early: VecDeque::new(),
-        last_heard: now,
-        stats: Arc::new(ActorStats::default()),
-        closed_with: None,
-        thread_filter: None,
-    };
-    let offered: Vec<&str> = start.subprotocol.as_deref().into_iter().collect();
+    let subprotocol = start.subprotocol.clone();
+    let offered: Vec<&str> = subprotocol.as_deref().into_iter().collect();
+    let session = Session::new(shared, start);
     ws::WsResponseBuilder::new(session, req, payload)
         .frame_size(max_frame)
         .protocols(&offered)
@@ -117,6 +107,26 @@ pub(crate) fn upgrade(
 }
 
 impl Session {
+    /// A session for `start`'s user, not yet attached to anything (a transport starts it).
+    fn new(shared: Arc<Shared>, start: SessionStart) -> Session {
+        let now = Instant::now();
+        Session {
+            id: shared.next_session_id(),
+            user_id: start.user_id,
+            gate: InboundGate::new(GateLimits::from(&*shared.config), now),
+            shared,
+            user: None,
+            flow: Flow::Connecting,
+            resume_at_connect: start.resume_at_connect,
+            token_expires_at: start.token_expires_at,
+            early: VecDeque::new(),
+            last_heard: now,
+            stats: Arc::new(ActorStats::default()),
+            closed_with: None,
+            thread_filter: None,
+        }
+    }
+
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16) {
         self.closed_with.get_or_insert(code);
         ctx.close(Some(ws::CloseReason {
