@@ -347,3 +347,34 @@ async fn fault_injection_needs_the_admin_token_before_anything_else() {
     let (status, _) = common::http(server.addr, "POST", "/debug/fault", Some(body), &auth).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pool_placement_user_actors_deliver_in_order_and_restart_too() {
+    let server = TestServer::start_with(Config {
+        user_placement: agentwire::UserPlacement::Pool,
+        user_arbiters: 2,
+        ..Config::default()
+    });
+    let mut tabs = vec![server.connect("pia").await, server.connect("pia").await];
+    let mut quinn = server.connect("quinn").await;
+    tabs[0]
+        .send(json!({ "type": "start_agent", "user_request": "golden" }))
+        .await;
+    for tab in &mut tabs {
+        assert_eq!(seqs(&tab.collect_run().await), [1, 2, 3, 4, 5]);
+    }
+    crash(&server, "pia").await;
+    for tab in &mut tabs {
+        tab.expect("resync_required").await;
+    }
+    tabs[1]
+        .send(json!({ "type": "start_agent", "user_request": "golden" }))
+        .await;
+    for tab in &mut tabs {
+        assert_eq!(seqs(&tab.collect_run().await), [1, 2, 3, 4, 5]);
+    }
+    quinn
+        .send(json!({ "type": "start_agent", "user_request": "golden" }))
+        .await;
+    assert_eq!(seqs(&quinn.collect_run().await), [1, 2, 3, 4, 5]);
+}

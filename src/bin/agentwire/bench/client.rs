@@ -156,6 +156,12 @@ async fn drive(
         .to_string()
     };
     if plan.drives_runs && Instant::now() < run_until {
+        if plan.interval_ms > 0 {
+            // A random phase within one interval, so a thousand paced runs offer a steady
+            // rate instead of a burst from every socket at the same millisecond.
+            let phase = rand::random_range(0..plan.interval_ms * 1000);
+            tokio::time::sleep(Duration::from_micros(phase)).await;
+        }
         send(&mut ws, start_run(&thread)).await?;
     } else {
         // Ends the server's resume hold at once.

@@ -21,8 +21,8 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 
 use client::{ClientPlan, ClientRecord};
 pub use report::Outcome;
-use server::Server;
 pub use server::Target;
+use server::{ProcessUsage, Server};
 
 /// Loopback source addresses the clients spread over (127.0.0.1 .. 127.0.0.N), so that
 /// 20,000 sockets do not exhaust one address's ephemeral ports.
@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// Draw latency percentiles and throughput over time as SVG here.
     #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
+    /// Threads the load generator runs its clients on (it shares the machine's cores with
+    /// the server it starts).
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -234,6 +238,7 @@ async fn scenario(
         ramp.as_secs_f64()
     );
     let connected_usage = server.usage();
+    let generator_at_load = ProcessUsage::of_self();
     let load_start = Instant::now();
     let _ = go_tx.send(Some(load_start + duration));
     // Churn: connections that come and go during the load, each a full handshake, token
@@ -264,6 +269,7 @@ async fn scenario(
         records.push(handle.await?);
     }
     let after = server.usage();
+    let generator_after = ProcessUsage::of_self();
     let mut outcome = Outcome::new(
         target,
         args.scenario,
@@ -271,6 +277,12 @@ async fn scenario(
         (ramp, load_start.duration_since(bench_start), duration),
         (before, connected_usage, after),
     );
+    if let (Some(at_load), Some(after)) = (generator_at_load, generator_after) {
+        if outcome.events > 0 {
+            let cpu = after.cpu_micros.saturating_sub(at_load.cpu_micros);
+            outcome.generator_cpu_us_per_event = Some(cpu as f64 / outcome.events as f64);
+        }
+    }
     if args.scenario == Scenario::Churn {
         outcome.churn_connects_per_sec = Some(churned as f64 / churn_secs.max(1e-3));
     }

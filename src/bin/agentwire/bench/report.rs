@@ -35,6 +35,9 @@ pub struct Outcome {
     pub churn_connects_per_sec: Option<f64>,
     pub server_rss_bytes_per_socket: Option<f64>,
     pub server_cpu_us_per_event: Option<f64>,
+    /// The load generator's own CPU (user plus system) during the load, per event: what it
+    /// takes from the cores it shares with the server.
+    pub generator_cpu_us_per_event: Option<f64>,
     /// Events received in each second of the load phase.
     pub throughput_per_sec: Vec<u64>,
     /// The first few client errors, for diagnosis.
@@ -90,6 +93,7 @@ impl Outcome {
             churn_connects_per_sec: None,
             server_rss_bytes_per_socket: None,
             server_cpu_us_per_event: None,
+            generator_cpu_us_per_event: None,
             throughput_per_sec: Vec::new(),
             errors: Vec::new(),
         };
@@ -209,6 +213,10 @@ pub fn print(outcomes: &[Outcome]) {
         (
             "server CPU µs/event",
             Box::new(|o| opt(o.server_cpu_us_per_event, 1.0, 2)),
+        ),
+        (
+            "load generator CPU µs/event",
+            Box::new(|o| opt(o.generator_cpu_us_per_event, 1.0, 2)),
         ),
         ("events checked", Box::new(|o| o.events.to_string())),
         (

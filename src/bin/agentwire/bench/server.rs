@@ -100,6 +100,11 @@ pub struct ProcessUsage {
 }
 
 impl ProcessUsage {
+    /// This process's usage: the load generator's own.
+    pub fn of_self() -> Option<ProcessUsage> {
+        Self::read(std::process::id())
+    }
+
     fn read(pid: u32) -> Option<ProcessUsage> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let rss_kib: u64 = status
