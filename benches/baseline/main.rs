@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Parser;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::Verifier;
 use crate::hub::Hub;
@@ -54,7 +54,16 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn run(cli: Cli) -> std::io::Result<()> {
-    let listener = TcpListener::bind(cli.bind).await?;
+    // The same accept backlog as actix-web's default (2,048), so a thousand simultaneous
+    // connects do not overflow it and wait for a SYN retransmit.
+    let socket = if cli.bind.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(cli.bind)?;
+    let listener: TcpListener = socket.listen(2048)?;
     let mut stdout = std::io::stdout();
     writeln!(
         stdout,
