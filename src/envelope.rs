@@ -33,15 +33,35 @@ impl RunFields {
     }
 }
 
-/// A user actor's `"epoch":…`, encoded once.
+/// A user actor's epoch and its `"epoch":…`, encoded once, in one allocation: the epoch
+/// itself is read back out of the encoding (agentwire's epochs are hex, so encoding them
+/// escapes nothing; an epoch that needed escaping keeps its own copy).
 #[derive(Debug)]
-pub(crate) struct EpochField(Vec<u8>);
+pub(crate) struct EpochField {
+    encoded: Box<str>,
+    escaped_epoch: Option<Box<str>>,
+}
 
 impl EpochField {
+    const PREFIX: &'static str = "\"epoch\":\"";
+
     pub(crate) fn new(epoch: &str) -> Self {
         let mut out = b"\"epoch\":".to_vec();
         write_json_str(&mut out, epoch);
-        EpochField(out)
+        let encoded: Box<str> = String::from_utf8_lossy(&out).into();
+        let plain = encoded.len() == Self::PREFIX.len() + epoch.len() + 1;
+        EpochField {
+            encoded,
+            escaped_epoch: (!plain).then(|| epoch.into()),
+        }
+    }
+
+    /// The epoch.
+    pub(crate) fn epoch(&self) -> &str {
+        match &self.escaped_epoch {
+            Some(epoch) => epoch,
+            None => &self.encoded[Self::PREFIX.len()..self.encoded.len() - 1],
+        }
     }
 }
 
@@ -84,7 +104,7 @@ fn write_envelope(
     out.extend_from_slice(b"\",\"seq\":");
     out.extend_from_slice(itoa_u64(seq, &mut [0; 20]));
     out.push(b',');
-    out.extend_from_slice(&epoch.0);
+    out.extend_from_slice(epoch.encoded.as_bytes());
     out.push(b',');
     out.extend_from_slice(&run.0);
     // RFC 3339 digits and separators only: nothing to escape.
@@ -181,6 +201,13 @@ mod tests {
                 message: text.into(),
             }),
         ]
+    }
+
+    #[test]
+    fn the_epoch_reads_back_from_its_encoding() {
+        for epoch in ["0123456789abcdef", "", "with \"quotes\" and \\ and \u{1}"] {
+            assert_eq!(EpochField::new(epoch).epoch(), epoch);
+        }
     }
 
     #[test]

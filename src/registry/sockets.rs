@@ -1,12 +1,14 @@
 //! A user's open sockets, as the registry records them.
 //!
 //! A user has at most `max_sockets_per_user` sockets (10 by default) and usually one, so a
-//! vector that starts with room for one costs a fraction of a hash map's table per user,
-//! which matters at tens of thousands of idle users.
+//! small vector that holds the first one inline costs no allocation at all for most users
+//! (a hash map's table would cost one per user), which matters at tens of thousands of idle
+//! users.
 
 use std::sync::Arc;
 
 use actix::Addr;
+use smallvec::SmallVec;
 
 use crate::ids::SessionId;
 use crate::session::Session;
@@ -19,11 +21,11 @@ pub(super) struct SessionEntry {
 }
 
 /// One user's sockets, in the order they connected.
-pub(super) struct Sockets(Vec<(SessionId, SessionEntry)>);
+pub(super) struct Sockets(SmallVec<[(SessionId, SessionEntry); 1]>);
 
 impl Sockets {
     pub(super) fn new() -> Self {
-        Sockets(Vec::with_capacity(1))
+        Sockets(SmallVec::new())
     }
 
     pub(super) fn insert(&mut self, id: SessionId, entry: SessionEntry) {

@@ -1,5 +1,6 @@
-//! The session's outbound side: the frames its user's actor posts (`Deliver`, `Welcome`,
-//! `Replay`, `CloseSession`) and the flow that decides when they are written.
+//! The session's outbound side: what its user's actor sends (the `Welcome` message, then
+//! `Deliver`, `Replay` and closes through the outbox), the registry's `CloseSession` and
+//! `Stall`, and the flow that decides when frames are written.
 //!
 //! A new socket holds back live frames after its welcome until the client's first frame (or
 //! `resume_hold`); a `resume` then keeps holding until the replay is written, so a replay is
@@ -11,9 +12,10 @@ use std::sync::Arc;
 
 use std::time::{Duration, SystemTime};
 
-use actix::{Addr, AsyncContext, Handler, Message};
+use actix::{Addr, AsyncContext, Handler, Message, StreamHandler};
 use actix_web_actors::ws;
 
+use super::outbox::{Outbound, Outbox, OutboxStream};
 use super::{Session, UserLink};
 use crate::close_code;
 use crate::outbound::{ControlFrame, Frame};
@@ -92,23 +94,74 @@ impl Deliver {
     }
 }
 
-impl Handler<Deliver> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+impl Session {
+    /// A frame from the outbox: held or written, as the flow says.
+    fn on_deliver(&mut self, msg: Deliver, ctx: &mut ws::WebsocketContext<Self>) {
         match &mut self.flow {
             Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) => held.push(msg),
             Flow::Connecting | Flow::Live => self.deliver(ctx, msg),
         }
     }
+
+    /// Acts on one item of the outbox.
+    fn on_outbound(&mut self, item: Outbound, ctx: &mut ws::WebsocketContext<Self>) {
+        match item {
+            Outbound::Deliver(deliver) => self.on_deliver(deliver, ctx),
+            Outbound::Replay(replay) => self.on_replay(replay, ctx),
+            Outbound::Close(code) => self.close_after_queued(code, ctx),
+        }
+    }
+
+    /// Acts on everything queued in the current outbox now (before a close, or before
+    /// switching to a restarted actor's outbox).
+    pub(super) fn drain_outbox(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(outbox) = self.outbox.as_ref().map(|(outbox, _)| outbox.clone()) else {
+            return;
+        };
+        while let Some(item) = outbox.pop() {
+            self.on_outbound(item, ctx);
+        }
+    }
+
+    /// Starts draining `outbox` (from a welcome), after everything in the previous one.
+    fn switch_outbox(&mut self, outbox: Arc<Outbox>, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some((_, handle)) = self.outbox.take() {
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.add_stream(OutboxStream(outbox.clone()));
+        self.outbox = Some((outbox, handle));
+    }
+
+    /// Writes what is held, then closes with `code`.
+    fn close_after_queued(&mut self, code: u16, ctx: &mut ws::WebsocketContext<Self>) {
+        self.release(ctx);
+        log::info!(
+            "session:{}: closing with {} ({})",
+            self.id,
+            code,
+            close_code::reason(code)
+        );
+        self.close(ctx, code);
+    }
 }
 
-/// The first frame, from the user's actor, with the actor's address. `resuming` says a
-/// replay (for `?epoch=&last_seq=`) follows at once.
+impl StreamHandler<Outbound> for Session {
+    fn handle(&mut self, item: Outbound, ctx: &mut Self::Context) {
+        self.on_outbound(item, ctx);
+    }
+
+    /// An outbox never ends (a replaced one is cancelled); nothing to do.
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// The first frame, from the user's actor, with the actor's address and the outbox through
+/// which everything else from it arrives. `resuming` says a replay (for
+/// `?epoch=&last_seq=`) follows at once.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Welcome {
     pub user: Arc<Addr<User>>,
+    pub outbox: Arc<Outbox>,
     pub running_requests: Arc<AtomicUsize>,
     pub frame: Frame,
     pub resuming: bool,
@@ -128,6 +181,8 @@ impl Handler<Welcome> for Session {
         if msg.after_restart {
             // What the old actor queued goes out first, then the news of the new numbering;
             // the new actor learns this socket's thread filter again (and acknowledges it).
+            self.drain_outbox(ctx);
+            self.switch_outbox(msg.outbox, ctx);
             self.release(ctx);
             self.write(ctx, msg.frame);
             if let (Some(thread), Some(user)) = (&self.thread_filter, &self.user) {
@@ -140,6 +195,7 @@ impl Handler<Welcome> for Session {
             return;
         }
         self.write(ctx, msg.frame);
+        self.switch_outbox(msg.outbox, ctx);
         let hold = self.shared.config.resume_hold;
         self.flow = if msg.resuming {
             self.stats.set_state(ActorState::Replaying);
@@ -149,11 +205,8 @@ impl Handler<Welcome> for Session {
             Flow::Live
         } else {
             self.stats.set_state(ActorState::Holding);
-            ctx.run_later(hold, |session, ctx| {
-                if matches!(session.flow, Flow::Holding(_)) {
-                    session.release(ctx);
-                }
-            });
+            // The session's one timer (see `tick`) releases the hold when it runs out.
+            self.hold_until = Some(std::time::Instant::now() + hold);
             Flow::Holding(Vec::new())
         };
         while let Some(verdict) = self.early.pop_front() {
@@ -162,19 +215,15 @@ impl Handler<Welcome> for Session {
     }
 }
 
-/// The answer to a resume (from the user's actor): the replayed events, then `resumed` or
-/// `resync_required`. Held live frames follow.
-#[derive(Message)]
-#[rtype(result = "()")]
+/// The answer to a resume (from the user's actor, through the outbox): the replayed
+/// events, then `resumed` or `resync_required`. Held live frames follow.
 pub(crate) struct Replay {
     pub frames: Vec<Frame>,
     pub closing: Frame,
 }
 
-impl Handler<Replay> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: Replay, ctx: &mut Self::Context) {
+impl Session {
+    fn on_replay(&mut self, msg: Replay, ctx: &mut ws::WebsocketContext<Self>) {
         for frame in msg.frames {
             self.write(ctx, frame);
         }
@@ -183,8 +232,9 @@ impl Handler<Replay> for Session {
     }
 }
 
-/// Close the socket with this code, after everything queued before it (from the user's
-/// actor or the registry).
+/// Close the socket with this code, after everything queued before it (from the
+/// registry: a refusal, or an escalation after the user's actor died; the user's actor
+/// closes through the outbox).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct CloseSession(pub u16);
@@ -193,14 +243,8 @@ impl Handler<CloseSession> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
-        self.release(ctx);
-        log::info!(
-            "session:{}: closing with {} ({})",
-            self.id,
-            msg.0,
-            close_code::reason(msg.0)
-        );
-        self.close(ctx, msg.0);
+        self.drain_outbox(ctx);
+        self.close_after_queued(msg.0, ctx);
     }
 }
 

@@ -33,12 +33,14 @@ use crate::user::User;
 
 mod delivery;
 mod in_memory;
+mod outbox;
 mod requests;
 
 use delivery::Flow;
 pub(crate) use delivery::{CloseSession, Deliver, Replay, Stall, Welcome};
 pub(crate) use in_memory::connect_in_memory;
 pub use in_memory::InMemorySocket;
+pub(crate) use outbox::{Outbound, Outbox};
 
 /// Reported when a socket ended without any close frame (RFC 6455 reserves 1006 for it).
 const ABNORMAL_CLOSURE: u16 = 1006;
@@ -64,7 +66,7 @@ pub(crate) struct Session {
     user: Option<UserLink>,
     flow: Flow,
     /// `?epoch=&last_seq=` from the upgrade request, handed to the registry on connect.
-    resume_at_connect: Option<(String, u64)>,
+    resume_at_connect: Option<Box<(String, u64)>>,
     /// When the token the socket was opened with expires; taken once its close is armed.
     token_expires_at: Option<SystemTime>,
     gate: InboundGate,
@@ -72,12 +74,18 @@ pub(crate) struct Session {
     /// to answer), acted on right after it, so the welcome is always the first frame.
     early: VecDeque<Verdict>,
     last_heard: Instant,
+    /// When the next ping is due.
+    next_heartbeat: Instant,
+    /// When a `Holding` flow releases its frames if the client has said nothing.
+    hold_until: Option<Instant>,
     stats: Arc<ActorStats>,
     /// The close code the socket ended with, once known (for the disconnect metrics).
     closed_with: Option<u16>,
     /// The last `switch_thread` the client asked for, re-applied if the user's actor is
     /// restarted.
     thread_filter: Option<String>,
+    /// The outbox of the current user actor, and the handle of its stream in the context.
+    outbox: Option<(Arc<Outbox>, actix::SpawnHandle)>,
 }
 
 /// Who the socket belongs to, from the authenticator, and what the upgrade asked for.
@@ -110,6 +118,7 @@ impl Session {
     /// A session for `start`'s user, not yet attached to anything (a transport starts it).
     fn new(shared: Arc<Shared>, start: SessionStart) -> Session {
         let now = Instant::now();
+        let shared_heartbeat = shared.config.heartbeat_interval;
         Session {
             id: shared.next_session_id(),
             user_id: start.user_id,
@@ -117,13 +126,16 @@ impl Session {
             shared,
             user: None,
             flow: Flow::Connecting,
-            resume_at_connect: start.resume_at_connect,
+            resume_at_connect: start.resume_at_connect.map(Box::new),
             token_expires_at: start.token_expires_at,
             early: VecDeque::new(),
             last_heard: now,
+            next_heartbeat: now + shared_heartbeat,
+            hold_until: None,
             stats: Arc::new(ActorStats::default()),
             closed_with: None,
             thread_filter: None,
+            outbox: None,
         }
     }
 
@@ -134,6 +146,34 @@ impl Session {
             description: Some(close_code::reason(code).to_owned()),
         }));
         ctx.stop();
+    }
+
+    /// The session's one timer: releases a resume hold that ran out, pings (and checks for
+    /// silence and token expiry) when the heartbeat is due, and re-arms itself for whichever
+    /// comes next. One timer instead of an interval plus a hold timer keeps an idle
+    /// socket's actor context within its inline room for timers and streams.
+    fn tick(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let now = Instant::now();
+        if self.hold_until.is_some_and(|until| until <= now) {
+            self.hold_until = None;
+            if matches!(self.flow, delivery::Flow::Holding(_)) {
+                self.release(ctx);
+            }
+        }
+        if self.next_heartbeat <= now {
+            self.next_heartbeat = now + self.shared.config.heartbeat_interval;
+            self.arm_token_expiry(ctx);
+            self.heartbeat(ctx);
+        }
+        if ctx.state().stopping() {
+            return;
+        }
+        let next = self
+            .hold_until
+            .map_or(self.next_heartbeat, |until| until.min(self.next_heartbeat));
+        ctx.run_later(next.saturating_duration_since(now), |session, ctx| {
+            session.tick(ctx)
+        });
     }
 
     fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -190,17 +230,25 @@ impl Actor for Session {
             user: self.user_id.clone(),
             addr: Arc::new(ctx.address()),
             stats: self.stats.clone(),
-            resume: self.resume_at_connect.take(),
+            resume: self.resume_at_connect.take().map(|resume| *resume),
             home: actix::Arbiter::try_current(),
         });
-        ctx.run_interval(self.shared.config.heartbeat_interval, |session, ctx| {
-            session.arm_token_expiry(ctx);
-            session.heartbeat(ctx)
-        });
+        // The first tick comes when a resume hold (starting with the welcome, moments from
+        // now) would end, or at the first heartbeat.
+        let config = &self.shared.config;
+        let first = if config.resume_hold.is_zero() {
+            config.heartbeat_interval
+        } else {
+            config.resume_hold.min(config.heartbeat_interval)
+        };
+        ctx.run_later(first, |session, ctx| session.tick(ctx));
         self.arm_token_expiry(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some((outbox, _)) = &self.outbox {
+            outbox.close();
+        }
         let code = self.closed_with.unwrap_or(ABNORMAL_CLOSURE);
         log::debug!("session:{}: closed ({code})", self.id);
         self.shared.metrics.disconnected(code);

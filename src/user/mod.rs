@@ -34,7 +34,7 @@ use crate::ids::{new_epoch, SessionId, UserId};
 use crate::metrics::{DropReason, Metrics};
 use crate::outbound::{ControlFrame, Frame};
 use crate::replay::{ReplayBudget, ReplayBuffer};
-use crate::session::{CloseSession, Deliver, Session, Welcome};
+use crate::session::{Deliver, Outbound, Outbox, Session, Welcome};
 use crate::stats::ActorState;
 use crate::stats::ActorStats;
 use crate::supervision::{SupervisionKind, SupervisionLog};
@@ -42,7 +42,8 @@ use crate::supervision::{SupervisionKind, SupervisionLog};
 /// A session attached to this user.
 struct Member {
     id: SessionId,
-    addr: Arc<Addr<Session>>,
+    /// Everything after the welcome goes to the session through here, in order.
+    outbox: Arc<Outbox>,
     stats: Arc<ActorStats>,
     /// `switch_thread`: when set, only this thread's events go to the session.
     thread: Option<String>,
@@ -68,8 +69,7 @@ struct LiveRun {
 
 pub(crate) struct User {
     id: UserId,
-    epoch: String,
-    /// `epoch`, encoded once for every event's envelope.
+    /// The numbering epoch, kept encoded once for every event's envelope (`epoch()`).
     epoch_field: EpochField,
     seq: u64,
     sessions: Vec<Member>,
@@ -95,11 +95,9 @@ impl User {
         running_requests: Arc<AtomicUsize>,
     ) -> Self {
         let (metrics, supervision) = observers;
-        let epoch = new_epoch();
         User {
             id,
-            epoch_field: EpochField::new(&epoch),
-            epoch,
+            epoch_field: EpochField::new(&new_epoch()),
             seq: 0,
             // Most users have one socket.
             sessions: Vec::with_capacity(1),
@@ -158,14 +156,18 @@ impl User {
             }
             member.stats.queued(frame.len());
             member.last_sent_seq = self.seq;
-            member.addr.do_send(Deliver {
+            member.outbox.push(Outbound::Deliver(Deliver {
                 frame: frame.clone(),
                 event: Some((event_type, emitted_at)),
-            });
+            }));
         }
         let size = frame.len();
         self.replay.push(self.seq, frame, meta.clone());
         size
+    }
+
+    fn epoch(&self) -> &str {
+        self.epoch_field.epoch()
     }
 
     fn member(&mut self, session: SessionId) -> Option<&mut Member> {
@@ -193,7 +195,9 @@ fn cut_off(user: &UserId, member: &mut Member, supervision: &SupervisionLog) {
     );
     member.cut_off = Some(DropReason::SlowConsumer);
     member.stats.set_state(ActorState::CutOff);
-    member.addr.do_send(CloseSession(close_code::SLOW_CONSUMER));
+    member
+        .outbox
+        .push(Outbound::Close(close_code::SLOW_CONSUMER));
 }
 
 /// Whether a session receives events of this run's thread.
@@ -232,7 +236,7 @@ impl Handler<Attach> for User {
     fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
         let frame = if msg.after_restart {
             ControlFrame::ResyncRequired {
-                epoch: &self.epoch,
+                epoch: self.epoch_field.epoch(),
                 seq: self.seq,
             }
             .encode()
@@ -240,7 +244,7 @@ impl Handler<Attach> for User {
             ControlFrame::Welcome {
                 session_id: msg.session_id.0,
                 user_id: self.id.as_str(),
-                epoch: &self.epoch,
+                epoch: self.epoch_field.epoch(),
                 seq: self.seq,
                 heartbeat_interval_ms: self.heartbeat_interval_ms,
                 protocol: crate::outbound::PROTOCOL_VERSION,
@@ -248,9 +252,10 @@ impl Handler<Attach> for User {
             .encode()
         };
         msg.stats.queued(frame.len());
+        let outbox = Arc::new(Outbox::default());
         let member = Member {
             id: msg.session_id,
-            addr: msg.addr,
+            outbox: outbox.clone(),
             stats: msg.stats,
             thread: None,
             welcome_seq: self.seq,
@@ -258,8 +263,9 @@ impl Handler<Attach> for User {
             cut_off: None,
             resumed: false,
         };
-        member.addr.do_send(Welcome {
+        msg.addr.do_send(Welcome {
             user: msg.user_addr,
+            outbox,
             running_requests: self.running_requests.clone(),
             frame,
             resuming: msg.resume.is_some(),
@@ -318,8 +324,8 @@ impl Handler<Drain> for User {
             member.cut_off = Some(DropReason::Draining);
             member.stats.set_state(ActorState::CutOff);
             member
-                .addr
-                .do_send(CloseSession(close_code::SERVICE_RESTART));
+                .outbox
+                .push(Outbound::Close(close_code::SERVICE_RESTART));
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::envelope;
 use crate::event::{AgentError, AgentEvent, RunErrorCode};
 use crate::ids::SessionId;
 use crate::outbound::{ControlFrame, ErrorCode, Frame};
-use crate::session::{Deliver, Replay};
+use crate::session::{Deliver, Outbound, Replay};
 
 impl User {
     /// Posts a replay to a session, counting its frames into the session's backlog; a
@@ -35,7 +35,7 @@ impl User {
         for frame in replay.frames.iter().chain([&replay.closing]) {
             member.stats.queued(frame.len());
         }
-        member.addr.do_send(replay);
+        member.outbox.push(Outbound::Replay(replay));
     }
 
     /// Answers a resume for `session`: the events after `last_seq` up to `upto` (what the
@@ -50,12 +50,12 @@ impl User {
         let resync = || Replay {
             frames: Vec::new(),
             closing: ControlFrame::ResyncRequired {
-                epoch: &self.epoch,
+                epoch: self.epoch(),
                 seq: upto,
             }
             .encode(),
         };
-        if epoch != self.epoch || last_seq > upto {
+        if epoch != self.epoch() || last_seq > upto {
             return resync();
         }
         let Some(events) = self.replay.range(last_seq, upto) else {
@@ -110,7 +110,9 @@ impl Handler<StopRun> for User {
                 .encode();
                 if let Some(member) = self.member(msg.session_id) {
                     member.stats.queued(frame.len());
-                    member.addr.do_send(Deliver::control(frame));
+                    member
+                        .outbox
+                        .push(Outbound::Deliver(Deliver::control(frame)));
                 }
             }
         }
@@ -140,7 +142,9 @@ impl Handler<SwitchThread> for User {
         }
         .encode();
         member.stats.queued(frame.len());
-        member.addr.do_send(Deliver::control(frame));
+        member
+            .outbox
+            .push(Outbound::Deliver(Deliver::control(frame)));
     }
 }
 
@@ -174,14 +178,14 @@ impl Handler<Resume> for User {
             self.answer_resume(member, &msg.epoch, msg.last_seq, member.welcome_seq)
         } else {
             let upto = member.last_sent_seq;
-            let closing = if msg.epoch == self.epoch && msg.last_seq == upto {
+            let closing = if msg.epoch == self.epoch() && msg.last_seq == upto {
                 ControlFrame::Resumed {
                     from_seq: upto + 1,
                     to_seq: upto,
                 }
             } else {
                 ControlFrame::ResyncRequired {
-                    epoch: &self.epoch,
+                    epoch: self.epoch(),
                     seq: upto,
                 }
             };
