@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use crate::event::RunMeta;
 use crate::outbound::Frame;
@@ -41,7 +41,8 @@ pub(crate) struct Buffered {
     pub seq: u64,
     pub frame: Frame,
     pub meta: Arc<RunMeta>,
-    at: Instant,
+    /// When the event was emitted: its age counts from there.
+    at: SystemTime,
 }
 
 pub(crate) struct ReplayBuffer {
@@ -63,13 +64,14 @@ impl ReplayBuffer {
         }
     }
 
-    /// Appends the event numbered `seq` (always one more than the last pushed).
-    pub(crate) fn push(&mut self, seq: u64, frame: Frame, meta: Arc<RunMeta>) {
+    /// Appends the event numbered `seq` (always one more than the last pushed), emitted
+    /// `at` (a moment ago: it also serves as "now" for expiring older events, which saves
+    /// reading the clock once per event).
+    pub(crate) fn push(&mut self, seq: u64, frame: Frame, meta: Arc<RunMeta>, at: SystemTime) {
         if self.max_events == 0 {
             return;
         }
-        let now = Instant::now();
-        self.expire(now);
+        self.expire(at);
         let size = frame.len();
         self.bytes += size;
         self.budget.used.fetch_add(size, Ordering::Relaxed);
@@ -77,7 +79,7 @@ impl ReplayBuffer {
             seq,
             frame,
             meta,
-            at: now,
+            at,
         });
         while self.entries.len() > self.max_events
             || (self.budget.used() > self.budget.max && !self.entries.is_empty())
@@ -86,12 +88,13 @@ impl ReplayBuffer {
         }
     }
 
-    /// Drops events older than the maximum age.
-    pub(crate) fn expire(&mut self, now: Instant) {
+    /// Drops events older than the maximum age (by the wall clock: a clock stepped back
+    /// keeps events longer, still within the count and byte bounds).
+    pub(crate) fn expire(&mut self, now: SystemTime) {
         while self
             .entries
             .front()
-            .is_some_and(|e| now.duration_since(e.at) > self.max_age)
+            .is_some_and(|e| now.duration_since(e.at).unwrap_or(Duration::ZERO) > self.max_age)
         {
             self.pop_oldest();
         }
@@ -158,7 +161,12 @@ mod tests {
         let budget = ReplayBudget::new(1 << 20);
         let mut buffer = ReplayBuffer::new(3, Duration::from_secs(60), budget.clone());
         for seq in 1..=5 {
-            buffer.push(seq, Frame::from(format!("event {seq}")), meta());
+            buffer.push(
+                seq,
+                Frame::from(format!("event {seq}")),
+                meta(),
+                SystemTime::now(),
+            );
         }
         assert_eq!(buffer.len(), 3, "bounded by count");
         assert_eq!(seqs(&buffer, 2, 5), Some(vec![3, 4, 5]));
@@ -176,9 +184,9 @@ mod tests {
         let budget = ReplayBudget::new(20);
         let mut a = ReplayBuffer::new(100, Duration::from_secs(60), budget.clone());
         let mut b = ReplayBuffer::new(100, Duration::from_secs(60), budget.clone());
-        a.push(1, Frame::from("0123456789"), meta());
-        b.push(1, Frame::from("0123456789"), meta());
-        b.push(2, Frame::from("0123456789"), meta());
+        a.push(1, Frame::from("0123456789"), meta(), SystemTime::now());
+        b.push(1, Frame::from("0123456789"), meta(), SystemTime::now());
+        b.push(2, Frame::from("0123456789"), meta(), SystemTime::now());
         assert!(budget.used() <= 20);
         assert_eq!((a.len(), b.len()), (1, 1), "b dropped its own oldest");
     }
@@ -187,8 +195,8 @@ mod tests {
     fn old_events_expire() {
         let mut buffer =
             ReplayBuffer::new(10, Duration::from_millis(0), ReplayBudget::new(1 << 20));
-        buffer.push(1, Frame::from("x"), meta());
-        buffer.expire(Instant::now() + Duration::from_millis(5));
+        buffer.push(1, Frame::from("x"), meta(), SystemTime::now());
+        buffer.expire(SystemTime::now() + Duration::from_millis(5));
         assert_eq!(buffer.len(), 0);
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 mod requests;
 
@@ -162,7 +162,7 @@ impl User {
             }));
         }
         let size = frame.len();
-        self.replay.push(self.seq, frame, meta.clone());
+        self.replay.push(self.seq, frame, meta.clone(), emitted_at);
         size
     }
 
@@ -271,7 +271,7 @@ impl Handler<Attach> for User {
             resuming: msg.resume.is_some(),
             after_restart: msg.after_restart,
         });
-        self.replay.expire(Instant::now());
+        self.replay.expire(SystemTime::now());
         let replay = msg
             .resume
             .map(|(epoch, last_seq)| self.answer_resume(&member, &epoch, last_seq, self.seq));

@@ -164,7 +164,7 @@ impl Handler<Resume> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, _: &mut Self::Context) {
-        self.replay.expire(std::time::Instant::now());
+        self.replay.expire(SystemTime::now());
         let Some(member) = self.sessions.iter().find(|m| m.id == msg.session_id) else {
             return;
         };
