@@ -10,7 +10,6 @@
 //! pin it, and a property test compares the two on arbitrary strings).
 
 use std::cell::RefCell;
-use std::io::Write;
 use std::time::SystemTime;
 
 use crate::event::{AgentEvent, RunMeta};
@@ -108,11 +107,9 @@ fn write_envelope(
     out.push(b',');
     out.extend_from_slice(&run.0);
     // RFC 3339 digits and separators only: nothing to escape.
-    let _ = write!(
-        out,
-        ",\"timestamp\":\"{}\"",
-        humantime::format_rfc3339_micros(timestamp)
-    );
+    out.extend_from_slice(b",\"timestamp\":\"");
+    write_rfc3339_micros(out, timestamp);
+    out.push(b'"');
     if let Some(tool_name) = event.tool_name() {
         out.extend_from_slice(b",\"tool_name\":");
         write_json_str(out, tool_name);
@@ -133,6 +130,47 @@ fn write_envelope(
 /// A JSON string literal, escaped exactly as serde_json escapes it.
 fn write_json_str(out: &mut Vec<u8>, value: &str) {
     let _ = serde_json::to_writer(out, value);
+}
+
+/// `at` as RFC 3339 UTC with microseconds (`2026-11-26T15:04:05.123456Z`), exactly as
+/// `humantime::format_rfc3339_micros` writes it, without going through `fmt`. Times before
+/// 1970 are written as 1970-01-01T00:00:00.000000Z.
+fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm, proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    push_digits(out, year as u64, 4);
+    out.push(b'-');
+    push_digits(out, month as u64, 2);
+    out.push(b'-');
+    push_digits(out, day as u64, 2);
+    out.push(b'T');
+    push_digits(out, rem / 3_600, 2);
+    out.push(b':');
+    push_digits(out, rem / 60 % 60, 2);
+    out.push(b':');
+    push_digits(out, rem % 60, 2);
+    out.push(b'.');
+    push_digits(out, u64::from(since.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+/// `value` in decimal, zero-padded to `width` digits.
+fn push_digits(out: &mut Vec<u8>, value: u64, width: usize) {
+    let mut buf = [0; 20];
+    let text = itoa_u64(value, &mut buf);
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(text.len())));
+    out.extend_from_slice(text);
 }
 
 /// `n` in decimal, without going through `fmt`.
@@ -208,6 +246,21 @@ mod tests {
         for epoch in ["0123456789abcdef", "", "with \"quotes\" and \\ and \u{1}"] {
             assert_eq!(EpochField::new(epoch).epoch(), epoch);
         }
+    }
+
+    #[test]
+    fn timestamps_match_humantime() {
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&(0u64..253_402_300_799_999_999), |micros| {
+                let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(micros);
+                let mut ours = Vec::new();
+                write_rfc3339_micros(&mut ours, at);
+                let theirs = humantime::format_rfc3339_micros(at).to_string();
+                prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]
