@@ -16,7 +16,8 @@
 //!   user's events, encodes each once, keeps them for resume, fans the bytes out to the
 //!   user's sockets (cutting off one that stopped reading), and owns the user's live runs.
 //! - One **session actor** per socket (`session`), the only module that touches
-//!   actix-web-actors: it decodes client frames and writes what its user's actor posts. A
+//!   actix-web-actors: it decodes client frames and writes what its user's actor queues in
+//!   the session's outbox (one ordered queue per session, drained in one wakeup per burst). A
 //!   session can also run over in-process streams ([`InMemorySocket`], from
 //!   [`Runtime::connect_in_memory`]) for tests and benchmarks without a network.
 //!

@@ -3,15 +3,17 @@
 //! A session authenticates nothing and decides nothing about membership: it is born with an
 //! authenticated user id, asks the registry to attach it, and then relays. Inbound, it decodes
 //! client frames (see [`crate::inbound`]) and hands them to the application's handler or to
-//! its user's actor. Outbound, it writes the frames its user's actor posts (`Deliver`), which
-//! are already encoded and shared between the user's sockets. It pings on a timer and closes
-//! a socket that has been silent past the client timeout, or whose token expired.
+//! its user's actor. Outbound, it writes the frames its user's actor queues in its outbox,
+//! which are already encoded and shared between the user's sockets. One timer pings, ends a
+//! resume hold, and closes a socket that has been silent past the client timeout; another,
+//! armed near the end, closes one whose token expired.
 //!
-//! The module has four files: this one (the actor, the upgrade, heartbeat and expiry),
+//! The module has five files: this one (the actor, the upgrade, the timer and expiry),
 //! `requests` (the inbound side: client frames through the gate to the handler or the user's
-//! actor), `delivery` (the outbound side: what the user's actor posts, and the
-//! hold/replay/live flow that keeps a replay ahead of live frames) and `in_memory` (the same
-//! session over an in-process byte stream instead of a TCP socket).
+//! actor), `delivery` (the outbound side: the welcome, the outbox's items, and the
+//! hold/replay/live flow that keeps a replay ahead of live frames), `outbox` (the ordered
+//! queue from the user's actor) and `in_memory` (the same session over an in-process byte
+//! stream instead of a TCP socket).
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
