@@ -175,6 +175,14 @@ impl User {
     }
 }
 
+impl Member {
+    /// Queues a control frame (not an event) to the session, counted into its backlog.
+    fn send_control(&self, frame: Frame) {
+        self.stats.queued(frame.len());
+        self.outbox.push(Outbound::Deliver(Deliver::control(frame)));
+    }
+}
+
 /// True when queuing `extra` more frames would put the session over a backlog limit.
 fn over_backlog(member: &Member, extra: u64, max_frames: u64, max_bytes: u64) -> bool {
     let (frames, bytes) = member.stats.backlog();

@@ -8,11 +8,10 @@ use actix::{Handler, Message};
 use serde_json::Value;
 
 use super::{cut_off, over_backlog, wants, Member, User};
-use crate::envelope;
 use crate::event::{AgentError, AgentEvent, RunErrorCode};
 use crate::ids::SessionId;
 use crate::outbound::{ControlFrame, ErrorCode, Frame};
-use crate::session::{Deliver, Outbound, Replay};
+use crate::session::{Outbound, Replay};
 
 impl User {
     /// Posts a replay to a session, counting its frames into the session's backlog; a
@@ -89,17 +88,21 @@ impl Handler<StopRun> for User {
     type Result = ();
 
     fn handle(&mut self, msg: StopRun, _: &mut Self::Context) {
-        match self.runs.remove(&msg.run_id) {
-            Some(run) => {
-                run.cancel.stop();
+        let stopped = self.runs.get(&msg.run_id).map(|run| {
+            run.cancel.stop();
+            run.meta.clone()
+        });
+        match stopped {
+            Some(meta) => {
                 let event = AgentEvent::Error(AgentError {
                     code: RunErrorCode::Cancelled,
                     message: "stopped by the client".to_owned(),
                 });
                 let now = SystemTime::now();
-                self.seq += 1;
-                let frame = envelope::encode(self.seq, &self.epoch_field, &run.fields, now, &event);
-                self.deliver(frame, &run.meta, &event, now);
+                // Encoded while the run is still known, with its fields escaped once.
+                let frame = self.encode(&meta, &event, now);
+                self.runs.remove(&msg.run_id);
+                self.deliver(frame, &meta, &event, now);
             }
             None => {
                 let frame = ControlFrame::Error {
@@ -109,10 +112,7 @@ impl Handler<StopRun> for User {
                 }
                 .encode();
                 if let Some(member) = self.member(msg.session_id) {
-                    member.stats.queued(frame.len());
-                    member
-                        .outbox
-                        .push(Outbound::Deliver(Deliver::control(frame)));
+                    member.send_control(frame);
                 }
             }
         }
@@ -141,10 +141,7 @@ impl Handler<SwitchThread> for User {
             client_ref: msg.client_ref.as_ref(),
         }
         .encode();
-        member.stats.queued(frame.len());
-        member
-            .outbox
-            .push(Outbound::Deliver(Deliver::control(frame)));
+        member.send_control(frame);
     }
 }
 

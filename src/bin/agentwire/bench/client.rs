@@ -104,26 +104,7 @@ async fn drive(
     record: &mut ClientRecord,
 ) -> Result<(), String> {
     let began = Instant::now();
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(SocketAddr::new(plan.source, 0))
-        .map_err(|e| format!("bind {}: {e}", plan.source))?;
-    let stream = socket
-        .connect(plan.server)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let mut request = format!("ws://{}/ws", plan.server)
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    let protocol =
-        HeaderValue::from_str(&format!("jwt.{}", plan.token)).map_err(|e| e.to_string())?;
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocol);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
-            .await
-            .map_err(|e| format!("upgrade: {e}"))?;
+    let mut ws = open(plan.server, plan.source, &plan.token).await?;
     let welcome = next_json(&mut ws).await?;
     if welcome["type"] != "welcome" {
         return Err(format!("first frame was not a welcome: {welcome}"));
@@ -245,6 +226,30 @@ async fn drive(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
+/// Connects from `source` and upgrades with `token` as the `jwt.` subprotocol.
+async fn open(server: SocketAddr, source: IpAddr, token: &str) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut request = format!("ws://{server}/ws")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let protocol = HeaderValue::from_str(&format!("jwt.{token}")).map_err(|e| e.to_string())?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
+            .await
+            .map_err(|e| format!("upgrade: {e}"))?;
+    Ok(ws)
+}
+
 /// The clients' WebSocket settings: a 4 KiB read buffer instead of tungstenite's 128 KiB,
 /// which it zeroes on every read; with a thousand clients on the server's machine that
 /// memset alone cost more CPU than the server's whole event path.
@@ -278,23 +283,7 @@ pub async fn churn(server: SocketAddr, source: IpAddr, token: String, until: Ins
     let mut completed = 0;
     while Instant::now() < until {
         let attempt = async {
-            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-            socket
-                .bind(SocketAddr::new(source, 0))
-                .map_err(|e| e.to_string())?;
-            let stream = socket.connect(server).await.map_err(|e| e.to_string())?;
-            let mut request = format!("ws://{server}/ws")
-                .into_client_request()
-                .map_err(|e| e.to_string())?;
-            let protocol =
-                HeaderValue::from_str(&format!("jwt.{token}")).map_err(|e| e.to_string())?;
-            request
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", protocol);
-            let (mut ws, _) =
-                tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let mut ws = open(server, source, &token).await?;
             let welcome = next_json(&mut ws).await?;
             let _ = ws.close(None).await;
             if welcome["type"] == "welcome" {
