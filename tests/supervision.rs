@@ -205,7 +205,7 @@ async fn the_dot_output_is_valid_graphviz() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("Graphviz `dot` is installed (.ci/run installs it)");
+        .expect("Graphviz `dot` is installed (scripts/test installs it)");
     use std::io::Write;
     child
         .stdin
