@@ -38,7 +38,7 @@ impl Handler<UserDied> for Registry {
         let Some(mut member) = self.users.remove(&msg.user) else {
             return;
         };
-        self.directory.remove(&msg.user);
+        self.engine.unsubscribe(&msg.user);
         let actor = format!("user:{}", msg.user);
         let (lost, _) = member.stats.backlog();
         if lost > 0 {
