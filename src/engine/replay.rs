@@ -1,6 +1,7 @@
 //! A user's replay buffer: the recent encoded events a reconnecting socket can resume from.
 //!
-//! The in-process engine's history: one per subscribed user, owned by that user's stream. Bounded by count and age (from [`crate::Config`]) and, together
+//! The in-process engine's history: one per subscribed user, owned by that user's stream.
+//! Bounded by count and age (from [`crate::Config`]) and, together
 //! with every other user's buffer, by a global byte budget: a push that takes the total over
 //! the budget makes this buffer drop its own oldest events until the total is back under it.
 //! A resume is answered from here only when the buffer still holds every event it asks for;

@@ -37,7 +37,8 @@ impl User {
 
     /// Answers a resume for `session`: the events after `last_seq` up to `upto` (what the
     /// session has not been sent) from the engine's history, or a resync when the history
-    /// no longer holds all of them. The session holds its live frames until the answer.
+    /// no longer holds all of them. The actor waits for the history before it handles its
+    /// next message, so no live event can be pushed to the session ahead of the replay.
     pub(super) fn replay(
         &mut self,
         session: SessionId,
@@ -60,7 +61,7 @@ impl User {
             return;
         }
         let history = self.engine.history(&self.id, &epoch, last_seq, upto);
-        ctx.spawn(history.into_actor(self).map(move |events, user, _| {
+        ctx.wait(history.into_actor(self).map(move |events, user, _| {
             let replay = match (events, user.sessions.iter().find(|m| m.id == session)) {
                 (Some(events), Some(member)) if is_exact(&events, last_seq, upto) => {
                     let frames = events
