@@ -297,8 +297,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                 ctx.stop();
             }
             Err(ws::ProtocolError::Overflow) => self.close(ctx, close_code::MESSAGE_TOO_BIG),
-            // actix refuses a text frame that is not UTF-8 before we see its bytes; the
-            // gate judges it like any invalid frame (an `error`, until the threshold).
+            // actix refuses a whole text frame that is not UTF-8 before we see its bytes;
+            // the gate fails it like any text message that is not UTF-8 (1007).
             Err(ws::ProtocolError::Io(error)) if error.to_string().contains("utf-8") => {
                 self.on_frame(RawFrame::Text(INVALID_UTF8), ctx)
             }
