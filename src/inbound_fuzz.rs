@@ -16,7 +16,7 @@ use crate::close_code;
 use crate::inbound::{decode, ClientMessage, MAX_ID_BYTES};
 use crate::inbound_gate::{GateLimits, InboundGate, RawFrame, Verdict};
 
-fn config() -> ProptestConfig {
+pub(crate) fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -31,7 +31,7 @@ fn config() -> ProptestConfig {
 }
 
 /// Any JSON value, a few levels deep.
-fn json_value() -> impl Strategy<Value = Value> {
+pub(crate) fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),

@@ -42,7 +42,9 @@
 //!   `metrics`: the Prometheus metrics.
 //! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters; `ids`:
 //!   [`UserId`] (the isolation key), session ids, and the random run and thread ids.
-//! - `inbound_fuzz` (tests only): property-based fuzzing of the decoder and the gate.
+//! - `inbound_fuzz` (tests only): property-based fuzzing of the decoder and the gate;
+//!   `auth_fuzz` (tests only): of the JWT authenticator, with token text and signed tokens
+//!   carrying any claim values.
 //!
 //! The `agentwire` binary (`src/bin/agentwire/`) adds the demo server, `agentwire tree` and
 //! `agentwire bench`; `benches/baseline/` is the actor-free server the benchmarks compare
@@ -95,6 +97,8 @@
 #![warn(missing_docs)]
 
 mod auth;
+#[cfg(test)]
+mod auth_fuzz;
 mod bus;
 pub mod close_code;
 mod config;
