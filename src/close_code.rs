@@ -10,10 +10,14 @@ pub const NORMAL: u16 = 1000;
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// The client sent a binary frame or a frame type agentwire does not accept.
 pub const UNSUPPORTED_DATA: u16 = 1003;
+/// A text message (whole, or its fragments together) was not valid UTF-8; RFC 6455 §8.1
+/// requires failing the connection.
+pub const INVALID_PAYLOAD: u16 = 1007;
 /// The client broke the rules in a way an `error` frame no longer answers: more than
 /// `max_invalid_frames` invalid frames within a minute, or a flood before the welcome.
 pub const POLICY_VIOLATION: u16 = 1008;
-/// A frame was larger than the configured `max_frame_bytes`.
+/// A frame, or a fragmented message all together, declared more than the configured
+/// `max_frame_bytes` (closed at the frame header, before the payload is read).
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The server hit an internal failure for this user; reconnecting may help.
 pub const INTERNAL_ERROR: u16 = 1011;
@@ -41,6 +45,7 @@ pub fn reason(code: u16) -> &'static str {
         NORMAL => "normal closure",
         PROTOCOL_ERROR => "protocol error",
         UNSUPPORTED_DATA => "unsupported data",
+        INVALID_PAYLOAD => "invalid payload data",
         POLICY_VIOLATION => "policy violation",
         MESSAGE_TOO_BIG => "message too big",
         INTERNAL_ERROR => "internal error",

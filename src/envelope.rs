@@ -6,8 +6,9 @@
 //! fields already encoded. Per event only `type`, `seq`, `timestamp`, `tool_name` and `data`
 //! are written, into a reused per-thread buffer, and the finished frame is copied once into
 //! an allocation of exactly its size that every socket of the user then shares. The output
-//! is byte-for-byte what serializing an `EventFrame` with serde produces (the golden files
-//! pin it, and a property test compares the two on arbitrary strings).
+//! is byte-for-byte what serializing an `EventFrame` with serde produces: the golden files
+//! in `tests/golden/` pin both encoders, and a property test compares the two on arbitrary
+//! strings.
 
 use std::cell::RefCell;
 use std::time::SystemTime;
@@ -239,6 +240,36 @@ mod tests {
                 message: text.into(),
             }),
         ]
+    }
+
+    /// The golden files' events, shared with `tests/event_golden_files.rs`.
+    mod golden {
+        use crate::event::*;
+        use serde_json::json;
+
+        include!("../tests/golden/events.rs");
+    }
+
+    /// The encoder the wire uses writes every golden file byte for byte.
+    #[test]
+    fn the_wire_encoding_matches_the_golden_files() {
+        let epoch = EpochField::new(golden::GOLDEN_EPOCH);
+        let run = RunFields::new(&golden::golden_meta());
+        let events = golden::golden_events();
+        let mut types: Vec<&str> = events.iter().map(|(_, e, _)| e.wire_type()).collect();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), 6, "one golden file per event type");
+        for (name, event, seq) in events {
+            let path = format!("{}/tests/golden/{name}.json", env!("CARGO_MANIFEST_DIR"));
+            let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let wire = encode(seq, &epoch, &run, golden::golden_timestamp(), &event);
+            assert_eq!(
+                &*wire,
+                expected.trim_end(),
+                "the wire's {name} differs from {path}"
+            );
+        }
     }
 
     #[test]

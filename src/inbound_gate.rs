@@ -3,9 +3,11 @@
 //! The session actor feeds it raw WebSocket data frames (whole or fragmented, text or
 //! binary) and acts on its [`Verdict`]: handle a typed message, answer an `error` frame, or
 //! close with a close code. The gate assembles fragments within `max_frame_bytes`, applies
-//! the binary policy, checks UTF-8, rate-limits with a token bucket, counts invalid frames
-//! against a per-minute threshold, and decodes (see [`crate::inbound::decode`]). It does no
-//! I/O and reads the clock only through the `now` it is given, so it is fuzzed directly.
+//! the binary policy, fails a text message that is not UTF-8 once it is whole (1007, as
+//! RFC 6455 §8.1 requires: a character split between fragments is fine), rate-limits with a
+//! token bucket, counts invalid frames against a per-minute threshold, and decodes (see
+//! [`crate::inbound::decode`]). It does no I/O and reads the clock only through the `now` it
+//! is given, so it is fuzzed directly.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -70,10 +72,16 @@ impl From<&Config> for GateLimits {
     }
 }
 
+/// A whole message: all its bytes, and whether it came as text (or binary).
+struct Whole {
+    text: bool,
+    bytes: Vec<u8>,
+}
+
 pub(crate) struct InboundGate {
     limits: GateLimits,
     /// A fragmented message being assembled (always within `max_message_bytes`).
-    assembling: Option<Vec<u8>>,
+    assembling: Option<Whole>,
     /// Token bucket: tokens available, and when it was last refilled.
     tokens: f64,
     refilled_at: Instant,
@@ -104,7 +112,7 @@ impl InboundGate {
             return Verdict::Close(code);
         }
         let verdict = match self.assemble(frame) {
-            Ok(Some(bytes)) => self.admit(&bytes, now),
+            Ok(Some(whole)) => self.admit(&whole, now),
             Ok(None) => Verdict::Pending,
             Err(code) => Verdict::Close(code),
         };
@@ -121,8 +129,8 @@ impl InboundGate {
         self.closed.is_none() && self.take_token(now)
     }
 
-    /// A whole message's bytes, `None` while fragments are still coming, or a close code.
-    fn assemble(&mut self, frame: RawFrame<'_>) -> Result<Option<Vec<u8>>, u16> {
+    /// A whole message, `None` while fragments are still coming, or a close code.
+    fn assemble(&mut self, frame: RawFrame<'_>) -> Result<Option<Whole>, u16> {
         let max = self.limits.max_message_bytes;
         match frame {
             RawFrame::Text(_)
@@ -143,20 +151,26 @@ impl InboundGate {
             RawFrame::Text(bytes) | RawFrame::Binary(bytes) if bytes.len() > max => {
                 Err(close_code::MESSAGE_TOO_BIG)
             }
-            RawFrame::Text(bytes) | RawFrame::Binary(bytes) => Ok(Some(bytes.to_vec())),
+            RawFrame::Text(bytes) | RawFrame::Binary(bytes) => Ok(Some(Whole {
+                text: matches!(frame, RawFrame::Text(_)),
+                bytes: bytes.to_vec(),
+            })),
             RawFrame::FirstText(bytes) | RawFrame::FirstBinary(bytes) => {
                 if bytes.len() > max {
                     return Err(close_code::MESSAGE_TOO_BIG);
                 }
-                self.assembling = Some(bytes.to_vec());
+                self.assembling = Some(Whole {
+                    text: matches!(frame, RawFrame::FirstText(_)),
+                    bytes: bytes.to_vec(),
+                });
                 Ok(None)
             }
             RawFrame::Continue(bytes) | RawFrame::Last(bytes) => {
-                let buffer = self.assembling.as_mut().ok_or(close_code::PROTOCOL_ERROR)?;
-                if buffer.len() + bytes.len() > max {
+                let whole = self.assembling.as_mut().ok_or(close_code::PROTOCOL_ERROR)?;
+                if whole.bytes.len() + bytes.len() > max {
                     return Err(close_code::MESSAGE_TOO_BIG);
                 }
-                buffer.extend_from_slice(bytes);
+                whole.bytes.extend_from_slice(bytes);
                 if matches!(frame, RawFrame::Last(_)) {
                     Ok(self.assembling.take())
                 } else {
@@ -166,8 +180,19 @@ impl InboundGate {
         }
     }
 
-    /// Rate limit, UTF-8 and decoding for one whole message.
-    fn admit(&mut self, bytes: &[u8], now: Instant) -> Verdict {
+    /// UTF-8, rate limit and decoding for one whole message.
+    fn admit(&mut self, whole: &Whole, now: Instant) -> Verdict {
+        let text = match std::str::from_utf8(&whole.bytes) {
+            Ok(text) => Ok(text),
+            Err(_) if whole.text => return Verdict::Close(close_code::INVALID_PAYLOAD),
+            // A binary message (when accepted) is read as UTF-8 JSON; one that is not UTF-8
+            // is an invalid frame like any other, not a broken text message.
+            Err(_) => Err(InboundError {
+                code: ErrorCode::BadUtf8,
+                message: "the binary message is not valid UTF-8".to_owned(),
+                client_ref: None,
+            }),
+        };
         if !self.take_token(now) {
             self.rate_strikes += 1;
             if self.rate_strikes >= self.limits.burst {
@@ -183,15 +208,7 @@ impl InboundGate {
             });
         }
         self.rate_strikes = 0;
-        let decoded = match std::str::from_utf8(bytes) {
-            Ok(text) => inbound::decode(text),
-            Err(_) => Err(InboundError {
-                code: ErrorCode::BadUtf8,
-                message: "the message is not valid UTF-8".to_owned(),
-                client_ref: None,
-            }),
-        };
-        match decoded {
+        match text.and_then(inbound::decode) {
             Ok(frame) => Verdict::Message(frame),
             Err(error) => {
                 while self

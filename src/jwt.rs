@@ -1,11 +1,13 @@
 //! The shipped [`Authenticator`]: HS256 JSON Web Tokens whose `sub` claim is the user id.
 //!
 //! It checks the signature, `exp` (required) and `nbf` (when present) with a small leeway for
-//! clock skew, and optionally `iss` and `aud`. It never mints tokens: issuing them is the
-//! application's job (the demo server's login route is the only minting code in this
-//! repository, and it is marked as a demo).
+//! clock skew, and optionally `iss` and `aud`. Any claim value, however large, negative or
+//! oddly typed, is either accepted or refused with an [`AuthError`] (HTTP 401): the arithmetic
+//! on claims is checked. It never mints tokens: issuing them is the application's job (the
+//! demo server's login route is the only minting code in this repository, and it is marked
+//! as a demo).
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -15,6 +17,9 @@ use crate::ids::UserId;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const DEFAULT_LEEWAY_SECS: u64 = 5;
+
+/// The largest leeway [`JwtAuthenticator::with_leeway`] sets: one day.
+const MAX_LEEWAY_SECS: u64 = 24 * 60 * 60;
 
 /// Verifies HS256 JWTs signed with a shared secret.
 ///
@@ -70,9 +75,10 @@ impl JwtAuthenticator {
         self
     }
 
-    /// Changes the clock-skew leeway on `exp` and `nbf`.
+    /// Changes the clock-skew leeway on `exp` and `nbf` (at most one day; a longer one is
+    /// cut to a day).
     pub fn with_leeway(mut self, leeway: Duration) -> Self {
-        self.validation.leeway = leeway.as_secs();
+        self.validation.leeway = leeway.as_secs().min(MAX_LEEWAY_SECS);
         self
     }
 }
@@ -83,11 +89,23 @@ impl Authenticator for JwtAuthenticator {
             .map_err(|e| AuthError(e.to_string()))?;
         let user_id =
             UserId::new(&data.claims.sub).map_err(|e| AuthError(format!("bad `sub`: {e}")))?;
+        let expires_at = unix_time(data.claims.exp).ok_or_else(|| {
+            AuthError(format!(
+                "`exp` {} is later than this system's clock can represent",
+                data.claims.exp
+            ))
+        })?;
         Ok(Identity {
             user_id,
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp)),
+            expires_at: Some(expires_at),
         })
     }
+}
+
+/// The time `secs` seconds after the Unix epoch, if the platform's clock can hold it (on
+/// Linux, up to 2^63 - 1 seconds).
+fn unix_time(secs: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 #[cfg(test)]

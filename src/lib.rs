@@ -47,7 +47,10 @@
 //!   `metrics`: the Prometheus metrics.
 //! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters; `ids`:
 //!   [`UserId`] (the isolation key), session ids, and the random run and thread ids.
-//! - `inbound_fuzz` (tests only): property-based fuzzing of the decoder and the gate.
+//! - `inbound_fuzz` (tests only): property-based fuzzing of the decoder, and of the gate
+//!   against `inbound_gate_model` (tests only), a model of its documented rules;
+//!   `auth_fuzz` (tests only): of the JWT authenticator, with token text and signed tokens
+//!   carrying any claim values.
 //!
 //! The `agentwire` binary (`src/bin/agentwire/`) adds the demo server, `agentwire tree` and
 //! `agentwire bench`; `benches/baseline/` is the actor-free server the benchmarks compare
@@ -100,6 +103,8 @@
 #![warn(missing_docs)]
 
 mod auth;
+#[cfg(test)]
+mod auth_fuzz;
 pub mod close_code;
 mod config;
 mod debug;
@@ -113,6 +118,8 @@ pub mod inbound;
 #[cfg(test)]
 mod inbound_fuzz;
 mod inbound_gate;
+#[cfg(test)]
+mod inbound_gate_model;
 mod jwt;
 mod metrics;
 pub mod outbound;

@@ -268,6 +268,7 @@ fn close_code_label(code: u16) -> &'static str {
         close_code::UNSUPPORTED_DATA => "1003",
         1005 => "1005",
         1006 => "1006",
+        close_code::INVALID_PAYLOAD => "1007",
         close_code::POLICY_VIOLATION => "1008",
         close_code::MESSAGE_TOO_BIG => "1009",
         close_code::INTERNAL_ERROR => "1011",

@@ -32,7 +32,8 @@ pub enum ErrorCode {
     NotFound,
     /// The server has no application handler for this request.
     Unsupported,
-    /// A text frame (or assembled message) was not valid UTF-8.
+    /// A binary message (accepted with `accept_binary`) was not valid UTF-8. A text message
+    /// that is not UTF-8 closes the socket with 1007 instead.
     BadUtf8,
     /// More than `inbound_rate` messages per second; this one was not handled.
     RateLimited,

@@ -1,23 +1,26 @@
 //! Golden files pin the exact JSON of every agent event type (field names, order, and the
 //! `tool_name`/`tool_call_id` placement). Set `UPDATE_GOLDEN=1` to rewrite them after an
-//! intended wire change, then review the diff.
+//! intended wire change, then review the diff. The events are in `tests/golden/events.rs`,
+//! which the wire encoder's own golden test (in `src/envelope.rs`) shares.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use agentwire::event::*;
 use serde_json::json;
 
-fn check(name: &str, event: AgentEvent, seq: u64) {
-    let meta = RunMeta {
-        run_id: "run_00000000000000a1".into(),
-        thread_id: "thread-1".into(),
-        agent_name: "researcher".into(),
-    };
+include!("golden/events.rs");
+
+fn check(name: &str) {
+    let meta = golden_meta();
+    let (_, event, seq) = golden_events()
+        .into_iter()
+        .find(|(file, _, _)| *file == name)
+        .unwrap_or_else(|| panic!("no golden event {name}"));
     let frame = EventFrame {
         seq,
-        epoch: "5f1c9e2a7b3d4c60",
+        epoch: GOLDEN_EPOCH,
         meta: &meta,
-        timestamp: UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456),
+        timestamp: golden_timestamp(),
         event: &event,
     };
     assert_eq!(event.wire_type(), name);
@@ -33,54 +36,22 @@ fn check(name: &str, event: AgentEvent, seq: u64) {
 
 #[test]
 fn agent_started() {
-    check(
-        "agent_started",
-        AgentEvent::Started(AgentStarted {
-            user_request: Some("What is agentwire?".into()),
-            client_ref: Some(json!("req-1")),
-        }),
-        1,
-    );
+    check("agent_started");
 }
 
 #[test]
 fn agent_thinking() {
-    check(
-        "agent_thinking",
-        AgentEvent::Thinking(AgentThinking {
-            text: "Looking it up".into(),
-        }),
-        2,
-    );
+    check("agent_thinking");
 }
 
 #[test]
 fn tool_executing() {
-    check(
-        "tool_executing",
-        AgentEvent::ToolExecuting(ToolExecuting {
-            tool_call_id: "call_1".into(),
-            tool_name: "web_search".into(),
-            args: json!({ "query": "agentwire", "max_results": 3 }),
-        }),
-        3,
-    );
+    check("tool_executing");
 }
 
 #[test]
 fn tool_completed() {
-    check(
-        "tool_completed",
-        AgentEvent::ToolCompleted(ToolCompleted {
-            tool_call_id: "call_1".into(),
-            tool_name: "web_search".into(),
-            outcome: ToolOutcome::Ok {
-                result: json!({ "results": ["https://example.com"] }),
-            },
-            duration_ms: 412,
-        }),
-        4,
-    );
+    check("tool_completed");
 }
 
 #[test]
@@ -118,24 +89,10 @@ fn tool_completed_with_error() {
 
 #[test]
 fn agent_completed() {
-    check(
-        "agent_completed",
-        AgentEvent::Completed(AgentCompleted {
-            answer: "agentwire is a WebSocket runtime.".into(),
-            duration_ms: 1830,
-        }),
-        5,
-    );
+    check("agent_completed");
 }
 
 #[test]
 fn agent_error() {
-    check(
-        "agent_error",
-        AgentEvent::Error(AgentError {
-            code: RunErrorCode::Dropped,
-            message: "the run ended without an answer".into(),
-        }),
-        6,
-    );
+    check("agent_error");
 }

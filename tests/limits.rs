@@ -76,11 +76,55 @@ async fn binary_frames_close_with_1003_unless_the_app_opts_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_utf8_gets_an_error_frame_and_the_socket_stays_open() {
+async fn text_that_is_not_utf8_closes_with_1007_once_the_message_is_whole() {
     let server = TestServer::start();
+    // A whole text frame.
     let mut client = server.connect("utf").await;
     client
         .send_frame(Data::Text, &[b'{', 0xff, 0xfe, b'}'], true)
+        .await;
+    assert_eq!(client.expect_close().await, close_code::INVALID_PAYLOAD);
+
+    // A character split between two fragments is valid: only the whole message counts.
+    let mut client = server.connect("utf").await;
+    let message = r#"{"type":"ping","ref":"é"}"#.as_bytes();
+    let split = message.iter().position(|&b| b == 0xC3).unwrap() + 1;
+    client
+        .send_frame(Data::Text, &message[..split], false)
+        .await;
+    client
+        .send_frame(Data::Continue, &message[split..], true)
+        .await;
+    assert_eq!(client.expect("pong").await["ref"], "é");
+
+    // A message that ends in the middle of a character.
+    client
+        .send_frame(Data::Text, br#"{"type":"ping","ref":"#, false)
+        .await;
+    client
+        .send_frame(Data::Continue, &[b'"', b'"', b'}', 0xC3], true)
+        .await;
+    assert_eq!(client.expect_close().await, close_code::INVALID_PAYLOAD);
+
+    // Invalid bytes in a middle fragment.
+    let mut client = server.connect("utf").await;
+    client.send_frame(Data::Text, b"{", false).await;
+    client
+        .send_frame(Data::Continue, &[0xC0, 0x80], false)
+        .await;
+    client.send_frame(Data::Continue, b"}", true).await;
+    assert_eq!(client.expect_close().await, close_code::INVALID_PAYLOAD);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_binary_message_that_is_not_utf8_gets_bad_utf8_and_the_socket_stays_open() {
+    let server = TestServer::start_with(Config {
+        accept_binary: true,
+        ..Config::default()
+    });
+    let mut client = server.connect("bin-utf").await;
+    client
+        .send_frame(Data::Binary, &[b'{', 0xff, 0xfe, b'}'], true)
         .await;
     assert_eq!(client.expect("error").await["code"], "bad_utf8");
     client.send(json!({ "type": "ping" })).await;

@@ -18,6 +18,7 @@ use futures_util::stream::{LocalBoxStream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::frame_guard::FrameGuard;
 use super::{Session, SessionStart};
 use crate::ids::UserId;
 use crate::runtime::Shared;
@@ -56,9 +57,11 @@ pub(crate) fn connect_in_memory(shared: Arc<Shared>, user: UserId) -> InMemorySo
         },
     );
     let (input, inbound) = mpsc::channel(INBOUND_CAPACITY);
-    let inbound = futures_util::stream::unfold(inbound, |mut inbound| async move {
-        inbound.recv().await.map(|item| (item, inbound))
-    });
+    let inbound = Box::pin(futures_util::stream::unfold(
+        inbound,
+        |mut inbound| async move { inbound.recv().await.map(|item| (item, inbound)) },
+    ));
+    let inbound = FrameGuard::new(inbound, max_frame, session.frame_guard.clone());
     let output =
         ws::WebsocketContext::with_codec(session, inbound, Codec::new().max_size(max_frame));
     InMemorySocket {

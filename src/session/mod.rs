@@ -8,12 +8,13 @@
 //! resume hold, and closes a socket that has been silent past the client timeout; another,
 //! armed near the end, closes one whose token expired.
 //!
-//! The module has five files: this one (the actor, the upgrade, the timer and expiry),
-//! `requests` (the inbound side: client frames through the gate to the handler or the user's
-//! actor), `delivery` (the outbound side: the welcome, the outbox's items, and the
-//! hold/replay/live flow that keeps a replay ahead of live frames), `outbox` (the ordered
-//! queue from the user's actor) and `in_memory` (the same session over an in-process byte
-//! stream instead of a TCP socket).
+//! The module has six files: this one (the actor, the upgrade, the timer and expiry),
+//! `frame_guard` (the socket's bytes, judged one frame header at a time before the codec
+//! buffers a payload), `requests` (the inbound side: client frames through the gate to the
+//! handler or the user's actor), `delivery` (the outbound side: the welcome, the outbox's
+//! items, and the hold/replay/live flow that keeps a replay ahead of live frames), `outbox`
+//! (the ordered queue from the user's actor) and `in_memory` (the same session over an
+//! in-process byte stream instead of a TCP socket).
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
@@ -34,12 +35,14 @@ use crate::supervision::SupervisionKind;
 use crate::user::User;
 
 mod delivery;
+mod frame_guard;
 mod in_memory;
 mod outbox;
 mod requests;
 
 use delivery::Flow;
 pub(crate) use delivery::{CloseSession, Deliver, Replay, Stall, Welcome};
+use frame_guard::{FrameGuard, GuardVerdict};
 pub(crate) use in_memory::connect_in_memory;
 pub use in_memory::InMemorySocket;
 pub(crate) use outbox::{Outbound, Outbox};
@@ -72,6 +75,8 @@ pub(crate) struct Session {
     /// When the token the socket was opened with expires; taken once its close is armed.
     token_expires_at: Option<SystemTime>,
     gate: InboundGate,
+    /// Set by the socket's [`FrameGuard`] when a frame header ended the inbound stream.
+    frame_guard: GuardVerdict,
     /// Verdicts on client frames that arrived before the welcome (messages to handle, errors
     /// to answer), acted on right after it, so the welcome is always the first frame.
     early: VecDeque<Verdict>,
@@ -110,6 +115,7 @@ pub(crate) fn upgrade(
     let subprotocol = start.subprotocol.clone();
     let offered: Vec<&str> = subprotocol.as_deref().into_iter().collect();
     let session = Session::new(shared, start);
+    let payload = FrameGuard::new(payload, max_frame, session.frame_guard.clone());
     ws::WsResponseBuilder::new(session, req, payload)
         .frame_size(max_frame)
         .protocols(&offered)
@@ -125,6 +131,7 @@ impl Session {
             id: shared.next_session_id(),
             user_id: start.user_id,
             gate: InboundGate::new(GateLimits::from(&*shared.config), now),
+            frame_guard: GuardVerdict::default(),
             shared,
             user: None,
             flow: Flow::Connecting,
@@ -290,8 +297,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                 ctx.stop();
             }
             Err(ws::ProtocolError::Overflow) => self.close(ctx, close_code::MESSAGE_TOO_BIG),
-            // actix refuses a text frame that is not UTF-8 before we see its bytes; the
-            // gate judges it like any invalid frame (an `error`, until the threshold).
+            // actix refuses a whole text frame that is not UTF-8 before we see its bytes;
+            // the gate fails it like any text message that is not UTF-8 (1007).
             Err(ws::ProtocolError::Io(error)) if error.to_string().contains("utf-8") => {
                 self.on_frame(RawFrame::Text(INVALID_UTF8), ctx)
             }
@@ -299,6 +306,23 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                 log::debug!("session:{}: protocol error: {error}", self.id);
                 self.close(ctx, close_code::PROTOCOL_ERROR);
             }
+        }
+    }
+
+    /// The socket's frames ended: either the connection did, or the frame guard stopped
+    /// reading at a header that declared too much (then every frame before it was handled).
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        match self.frame_guard.close_code() {
+            Some(code) => {
+                log::info!(
+                    "session:{}: user:{} closed with {code} ({}) at a frame header",
+                    self.id,
+                    self.user_id,
+                    close_code::reason(code)
+                );
+                self.close(ctx, code);
+            }
+            None => ctx.stop(),
         }
     }
 }
