@@ -166,9 +166,16 @@ fn zero_workers_is_a_usage_error_not_a_panic() {
     ] {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("--workers") && stderr.contains("at least 1"), "{stderr}");
+        assert!(
+            stderr.contains("--workers") && stderr.contains("at least 1"),
+            "{stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
-        assert!(out.stdout.is_empty(), "nothing started: {}", text(&out.stdout));
+        assert!(
+            out.stdout.is_empty(),
+            "nothing started: {}",
+            text(&out.stdout)
+        );
     }
 }
 
@@ -204,7 +211,10 @@ fn bind_says_the_form_it_expects_or_resolves_a_host_name() {
     let server = Serve::start("localhost:0", &[], "warn");
     assert!(server.addr.ip().is_loopback(), "{}", server.addr);
     let stdout = server.stdout.lock().unwrap().clone();
-    assert!(!stdout.contains("generated"), "secrets were given: {stdout}");
+    assert!(
+        !stdout.contains("generated"),
+        "secrets were given: {stdout}"
+    );
 }
 
 #[test]
@@ -292,7 +302,10 @@ async fn sigterm_with_idle_users_is_not_a_crash() {
         !stderr.contains("restart:") && !stderr.contains("restarted"),
         "a shutdown logged a restart:\n{stderr}"
     );
-    assert!(!stderr.contains(" WARN "), "a warning at shutdown:\n{stderr}");
+    assert!(
+        !stderr.contains(" WARN "),
+        "a warning at shutdown:\n{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,7 +314,10 @@ async fn a_request_head_slower_than_actix_webs_default_is_still_served() {
     // by default, so a connection a busy worker reaches late in a connect storm is served.
     let server = Serve::start("127.0.0.1:0", &[], "warn");
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(b"GET /agentwire.js HTTP/1.1\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /agentwire.js HTTP/1.1\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(6)).await;
     stream
         .write_all(b"Host: x\r\nConnection: close\r\n\r\n")
@@ -333,7 +349,14 @@ struct Watch {
 impl Watch {
     fn start(url: &str) -> Watch {
         let mut child = agentwire()
-            .args(["tree", "--watch", "--interval-ms", "100", "--format", "text"])
+            .args([
+                "tree",
+                "--watch",
+                "--interval-ms",
+                "100",
+                "--format",
+                "text",
+            ])
             .args(["--url", url, "--admin-token", ADMIN])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -357,9 +380,15 @@ impl Watch {
                 return screen;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tree --watch exited ({status}): {}", self.out.lock().unwrap());
+                panic!(
+                    "tree --watch exited ({status}): {}",
+                    self.out.lock().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "never saw {what}; last: {screen}");
+            assert!(
+                Instant::now() < deadline,
+                "never saw {what}; last: {screen}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -394,7 +423,10 @@ fn tree_watch_keeps_watching_through_a_server_restart() {
     let screen = watch.screen_where("the failure", |s| s.contains("fetch failed"));
     let failed = screen.lines().nth(1).unwrap();
     assert!(starts_with_timestamp(failed), "{screen}");
-    assert!(failed.contains(&addr.to_string()), "says what failed: {screen}");
+    assert!(
+        failed.contains(&addr.to_string()),
+        "says what failed: {screen}"
+    );
     let last = screen
         .lines()
         .find(|l| l.starts_with("last success: "))

@@ -152,7 +152,9 @@ fn parse_bind(value: &str) -> Result<BindAddr, String> {
         return Err(expected.to_owned());
     };
     let Ok(port) = port.parse::<u16>() else {
-        return Err(format!("{expected} (the port must be a number from 0 to 65535)"));
+        return Err(format!(
+            "{expected} (the port must be a number from 0 to 65535)"
+        ));
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -205,7 +207,13 @@ mod tests {
         assert!(localhost
             .iter()
             .all(|a| a.ip().is_loopback() && a.port() == 8081));
-        for bad in ["8081", "localhost", "localhost:http", ":8081", "127.0.0.1:70000"] {
+        for bad in [
+            "8081",
+            "localhost",
+            "localhost:http",
+            ":8081",
+            "127.0.0.1:70000",
+        ] {
             let error = parse_bind(bad).unwrap_err();
             assert!(error.contains("IP:PORT"), "{bad}: {error}");
         }
