@@ -84,6 +84,8 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     // actix-web's 5 s default answers 408 to connections that a busy worker reaches late in
     // a connect storm (thousands of clients reconnecting at once after a restart).
     .client_request_timeout(Duration::from_millis(args.client_request_timeout_ms))
+    // actix-web's default is 1,024: a storm overflows it sooner, and a dropped SYN is
+    // retried only a second or more later.
     .backlog(args.backlog)
     // Signals are ours: sockets are drained with 1012 before the HTTP server stops.
     .disable_signals()
