@@ -6,8 +6,8 @@
 //! `tool_executing`), and `complete`/`fail` consume the run, so nothing can follow them. A
 //! `ToolCall` borrows its run, so the run cannot end while a call is open. Dropping either
 //! unfinished (including while unwinding from a panic) still sends the closing event.
-//! Every event goes through the bus, which posts it straight to the user's actor (through
-//! the registry only while the user has no actor).
+//! Every event goes through the engine, which numbers it in the user's stream and hands it
+//! to the user's actor.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::bus::{EmitStream, Published, RunStop, SharedBus};
+use crate::engine::{RunStream, SharedEngine};
 use crate::event::{
     AgentCompleted, AgentError, AgentEvent, AgentStarted, AgentThinking, RunErrorCode, RunMeta,
     ToolCompleted, ToolExecuting, ToolOutcome,
@@ -30,12 +30,12 @@ use crate::ids::{random_id, UserId};
 #[derive(Clone)]
 pub struct UserHandle {
     user_id: UserId,
-    bus: SharedBus,
+    engine: SharedEngine,
 }
 
 impl UserHandle {
-    pub(crate) fn new(user_id: UserId, bus: SharedBus) -> Self {
-        UserHandle { user_id, bus }
+    pub(crate) fn new(user_id: UserId, engine: SharedEngine) -> Self {
+        UserHandle { user_id, engine }
     }
 
     /// The user this handle is bound to.
@@ -65,15 +65,14 @@ impl UserHandle {
         agent_name: String,
         started: AgentStarted,
     ) -> AgentRun {
+        let meta = RunMeta {
+            run_id: random_id("run"),
+            thread_id,
+            agent_name,
+        };
         let run = AgentRun {
-            bus: self.bus.clone(),
-            stream: EmitStream::new(self.user_id.clone()),
-            meta: Arc::new(RunMeta {
-                run_id: random_id("run"),
-                thread_id,
-                agent_name,
-            }),
-            cancel: Arc::default(),
+            stream: self.engine.open_run(self.user_id.clone(), meta),
+            engine: self.engine.clone(),
             started: Instant::now(),
             next_tool: AtomicU32::new(1),
             finished: false,
@@ -90,10 +89,8 @@ impl UserHandle {
 /// After the client stops the run (`stop_agent`), the user already received `agent_error`
 /// with code `cancelled`; further emits are ignored and [`AgentRun::cancelled`] resolves.
 pub struct AgentRun {
-    bus: SharedBus,
-    stream: EmitStream,
-    meta: Arc<RunMeta>,
-    cancel: Arc<RunStop>,
+    engine: SharedEngine,
+    stream: Arc<RunStream>,
     started: Instant,
     next_tool: AtomicU32,
     finished: bool,
@@ -102,33 +99,33 @@ pub struct AgentRun {
 impl AgentRun {
     /// The run's id, as sent in every event's `run_id`.
     pub fn run_id(&self) -> &str {
-        &self.meta.run_id
+        &self.stream.meta.run_id
     }
 
     /// The thread the run belongs to.
     pub fn thread_id(&self) -> &str {
-        &self.meta.thread_id
+        &self.stream.meta.thread_id
     }
 
     /// The agent's name, as sent in every event's `agent_name`.
     pub fn agent_name(&self) -> &str {
-        &self.meta.agent_name
+        &self.stream.meta.agent_name
     }
 
     /// The user the run belongs to.
     pub fn user_id(&self) -> &UserId {
-        self.stream.user()
+        &self.stream.user
     }
 
     /// True once the client stopped the run.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_stopped()
+        self.stream.stop.is_stopped()
     }
 
     /// Resolves when the client stops the run (`stop_agent`); use it in `select!` to abandon
     /// work early.
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.cancel.stopped()
+        self.stream.stop.stopped()
     }
 
     /// Waits while the user's actor has more than `max_user_backlog` events waiting, so a
@@ -136,7 +133,7 @@ impl AgentRun {
     /// never blocks; code that emits faster than the user's actor can encode should await
     /// this every few dozen events. Returns at once when the run was cancelled.
     pub async fn ready(&self) {
-        while !self.cancel.is_stopped() && !self.bus.has_room(&self.stream) {
+        while !self.stream.stop.is_stopped() && !self.engine.has_room(&self.stream) {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
@@ -190,20 +187,12 @@ impl AgentRun {
     }
 
     fn publish(&self, event: AgentEvent) {
-        // After `stop_agent` the user's actor has ended the run (and sent `agent_error`);
-        // nothing more of it goes out.
-        if self.cancel.is_stopped() {
+        // After `stop_agent` the engine has ended the run (and sent `agent_error`); nothing
+        // more of it goes out.
+        if !self.stream.stop.is_live() {
             return;
         }
-        self.bus.publish(
-            &self.stream,
-            Published {
-                meta: self.meta.clone(),
-                event,
-                emitted_at: SystemTime::now(),
-                cancel: self.cancel.clone(),
-            },
-        );
+        self.engine.publish(&self.stream, event, SystemTime::now());
     }
 }
 
@@ -219,8 +208,8 @@ impl Drop for AgentRun {
         };
         log::debug!(
             "user:{}: run {} dropped unfinished ({code:?})",
-            self.stream.user(),
-            self.meta.run_id
+            self.stream.user,
+            self.stream.meta.run_id
         );
         self.end_with_error(code, message.to_owned());
     }

@@ -10,11 +10,12 @@
 //! The supervision tree, from the top:
 //!
 //! - [`Runtime`] (`runtime`): the cloneable handle, and the only way in. Starting one starts
-//!   exactly one **registry** (`registry`), the single source of truth for who is connected
-//!   and the only writer of the user **directory** (`directory`).
-//! - One **user actor** per connected user (`user`): the isolation boundary. It numbers the
-//!   user's events, encodes each once, keeps them for resume, fans the bytes out to the
-//!   user's sockets (cutting off one that stopped reading), and owns the user's live runs.
+//!   exactly one **registry** (`registry`), the single source of truth for who is connected,
+//!   and the only code that subscribes users' actors to their streams in the engine.
+//! - One **user actor** per connected user (`user`): the isolation boundary. It receives the
+//!   user's stream from the engine and fans the shared bytes out to the user's sockets
+//!   (cutting off one that stopped reading), and answers their resumes from the engine's
+//!   history.
 //! - One **session actor** per socket (`session`), the only module that touches
 //!   actix-web-actors: it decodes client frames and writes what its user's actor queues in
 //!   the session's outbox (one ordered queue per session, drained in one wakeup per burst). A
@@ -30,14 +31,18 @@
 //!   size, binary policy, UTF-8, rate limit, invalid-frame threshold), fuzzed directly.
 //! - [`close_code`]: the WebSocket close codes, one per kind of failure.
 //! - `emit`: [`UserHandle`], [`AgentRun`] and [`ToolCall`], the scoped handles that are the
-//!   only way to emit; `bus`: the seam every emitted event passes through.
+//!   only way to emit.
+//! - `engine`: the seam every emitted event passes through, and the keeper of each user's
+//!   stream: it numbers events (`seq` in an `epoch`), encodes each once, keeps the history a
+//!   resume reads, stops runs, and hands the stream to the user's actor. `engine::local` is
+//!   the in-process engine (the default), with its replay buffers (`engine::replay`) and the
+//!   byte budget they share.
 //! - `handler`: the [`AgentHandler`] trait the application implements for inbound requests.
 //! - `auth` and `jwt`: the [`Authenticator`] trait and the shipped HS256 [`JwtAuthenticator`].
 //! - `routes`: [`routes`], which mounts the endpoint in an actix-web app; `debug`:
 //!   [`debug_routes`], the admin-only operator routes: the live supervision tree (JSON, DOT,
 //!   text, a web page), the supervision log, fault injection and `/metrics` (off unless
 //!   mounted).
-//! - `replay`: each user's bounded replay buffer, and the byte budget all of them share.
 //! - [`supervision`]: the restart policy for user actors and the bounded supervision log;
 //!   `metrics`: the Prometheus metrics.
 //! - [`Config`] (`config`): every timing and limit; `stats`: per-actor counters; `ids`:
@@ -96,12 +101,11 @@
 #![warn(missing_docs)]
 
 mod auth;
-mod bus;
 pub mod close_code;
 mod config;
 mod debug;
-mod directory;
 mod emit;
+mod engine;
 mod envelope;
 pub mod event;
 mod handler;
@@ -114,7 +118,6 @@ mod jwt;
 mod metrics;
 pub mod outbound;
 mod registry;
-mod replay;
 mod routes;
 mod runtime;
 mod session;

@@ -11,15 +11,14 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, Arbiter};
 
 use crate::auth::Authenticator;
-use crate::bus::{LocalBus, SharedBus};
 use crate::config::{Config, ConfigError};
-use crate::directory;
 use crate::emit::UserHandle;
+use crate::engine::local::{LocalEngine, LocalLimits};
+use crate::engine::SharedEngine;
 use crate::handler::{AgentHandler, DynHandler};
 use crate::ids::{SessionId, UserId};
 use crate::metrics::Metrics;
 use crate::registry::{DrainAll, Fault, InjectFault, Registry, RegistrySnapshot, Snapshot};
-use crate::replay::ReplayBudget;
 use crate::stats::ActorStats;
 use crate::supervision::{SupervisionEvent, SupervisionLog};
 
@@ -27,7 +26,7 @@ use crate::supervision::{SupervisionEvent, SupervisionLog};
 pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub registry: Addr<Registry>,
-    pub bus: SharedBus,
+    pub engine: SharedEngine,
     pub handler: Option<Arc<dyn DynHandler>>,
     pub authenticator: Arc<dyn Authenticator>,
     /// Set by [`Runtime::shutdown`]: new upgrades are refused with 503.
@@ -75,7 +74,7 @@ impl Runtime {
 
     /// A handle bound to one user, for emitting runs to that user from anywhere.
     pub fn user(&self, user_id: UserId) -> UserHandle {
-        UserHandle::new(user_id, self.shared.bus.clone())
+        UserHandle::new(user_id, self.shared.engine.clone())
     }
 
     /// The configuration the runtime was started with.
@@ -96,8 +95,8 @@ impl Runtime {
     /// 1012 (service restart), a batch of users at a time, each after everything already
     /// queued to it has been written. Resolves when no socket is left or `deadline` passed.
     ///
-    /// Clients should reconnect with `resume`. With the in-process bus, replay buffers live
-    /// in this process: a client that reconnects to a restarted process gets
+    /// Clients should reconnect with `resume`. With the in-process engine, users' streams
+    /// live in this process: a client that reconnects to a restarted process gets
     /// `resync_required`.
     ///
     /// Call it before stopping the `HttpServer`. From the moment it begins, the registry
@@ -212,10 +211,18 @@ impl RuntimeBuilder {
             .map(|_| Arbiter::new().handle())
             .collect();
         let placement = config.user_placement;
-        let (writer, reader) = directory::new();
         let registry_config = config.clone();
-        let budget = ReplayBudget::new(config.max_replay_bytes);
         let metrics = Arc::new(Metrics::default());
+        let engine: SharedEngine = Arc::new(LocalEngine::new(
+            LocalLimits {
+                replay_max_events: config.replay_max_events,
+                replay_max_age: config.replay_max_age,
+                max_replay_bytes: config.max_replay_bytes,
+                max_user_backlog: config.max_user_backlog,
+            },
+            metrics.clone(),
+        ));
+        let registry_engine = engine.clone();
         let supervision = Arc::new(SupervisionLog::default());
         let registry_stats = Arc::new(ActorStats::default());
         let observers = (metrics.clone(), supervision.clone());
@@ -225,22 +232,15 @@ impl RuntimeBuilder {
                 registry_config,
                 observers,
                 stats,
-                writer,
-                budget,
+                registry_engine,
                 (placement, user_arbiters),
             )
         });
-        let bus: SharedBus = Arc::new(LocalBus::new(
-            reader,
-            registry.clone(),
-            registry_stats.clone(),
-            config.max_user_backlog,
-        ));
         Ok(Runtime {
             shared: Arc::new(Shared {
                 config,
                 registry,
-                bus,
+                engine,
                 handler: self.handler,
                 authenticator: self.authenticator,
                 draining: AtomicBool::new(false),

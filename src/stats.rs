@@ -14,8 +14,8 @@ use serde::Serialize;
 /// Live counters of one actor.
 ///
 /// For a session: frames (and bytes) queued to it by its user's actor, and frames (and
-/// bytes) it wrote to its socket. For a user actor: events it received and handled, and the
-/// bytes it encoded.
+/// bytes) it wrote to its socket. For a user actor: deliveries from the engine it received
+/// and handled, and the bytes of the events among them.
 #[derive(Debug)]
 pub struct ActorStats {
     started_at: SystemTime,
@@ -162,7 +162,7 @@ pub struct StatsSnapshot {
     pub backlog: u64,
     /// The backlog in bytes.
     pub backlog_bytes: u64,
-    /// Bytes written (sessions) or encoded (users).
+    /// Bytes written (sessions) or of the events fanned out (users).
     pub bytes: u64,
     /// Milliseconds since the actor last handled something.
     pub idle_for_ms: u64,

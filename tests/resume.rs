@@ -247,3 +247,64 @@ async fn a_socket_gets_at_most_one_replay() {
         .await;
     assert_eq!(second.expect("resumed").await["to_seq"], 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_resume_is_answered_ahead_of_the_live_events_behind_it() {
+    // A live socket that has not been sent a live event yet may still resume; events the
+    // application emits right behind the `resume` must follow the replay, never precede it.
+    let server = TestServer::start_with(Config {
+        resume_hold: Duration::ZERO,
+        ..Config::default()
+    });
+    let mut replays = 0;
+    for round in 0..30u64 {
+        let user = format!("late-{round}");
+        let mut first = server.connect(&user).await;
+        let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+        emit(&server, &user, 3); // seq 1..=5
+        for _ in 0..5 {
+            first.next().await;
+        }
+        let mut second = server.connect(&user).await;
+        assert_eq!(second.welcome["seq"], 5);
+        second
+            .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 1 }))
+            .await;
+        let handle = server.user(&user);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_micros(round * 20));
+            let run = handle.start_run("t-burst", "burst");
+            for i in 0..50 {
+                run.thinking(format!("burst {i}"));
+            }
+            run.complete("burst done");
+        });
+        // Either the resume came first (the replay of 2..=5, `resumed`, then seq 6 on) or a
+        // live event did (then live events from 6, and `resync_required` at the last of them).
+        let mut before = Vec::new();
+        let expected = loop {
+            let frame = second.next().await;
+            match frame["type"].as_str().unwrap() {
+                "resumed" => {
+                    assert_eq!(before, (2..=5).collect::<Vec<u64>>(), "round {round}");
+                    replays += 1;
+                    break 6;
+                }
+                "resync_required" => {
+                    let seq = frame["seq"].as_u64().unwrap();
+                    assert_eq!(before, (6..=seq).collect::<Vec<u64>>(), "round {round}");
+                    break seq + 1;
+                }
+                _ => before.push(frame["seq"].as_u64().unwrap()),
+            }
+        };
+        // The rest of the stream continues without a gap.
+        let mut next = expected;
+        while next <= 57 {
+            let frame = second.next().await;
+            assert_eq!(frame["seq"], next, "round {round}: {frame}");
+            next += 1;
+        }
+    }
+    assert!(replays > 0, "at least one round resumed ahead of the burst");
+}

@@ -248,8 +248,9 @@ async fn the_application_emits_through_the_runtime_to_every_tab() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_streaming_while_its_user_connects_stays_in_order() {
-    // The emitter's first events go through the registry (no actor yet); once the actor
-    // exists they go straight to it. Across that switch no event may overtake another.
+    // The emitter's first events find no stream for the user (no actor yet) and are dropped;
+    // once the registry subscribes the actor they are numbered and delivered. Across that
+    // moment no event may overtake another, and the numbering has no hole.
     let server = TestServer::start();
     for round in 0..10 {
         let user = format!("racer-{round}");

@@ -4,9 +4,9 @@
 //! crate-private). It is the only code that changes membership: it creates a user's actor when
 //! the user's first socket connects, attaches and detaches sessions, keeps a user's actor for
 //! the resume window after the last socket leaves and then retires it, enforces the global
-//! user cap, and drains every socket on shutdown. It is the only writer of the directory that
-//! emitters read. Where each user's actor runs is `placement`'s choice: by default on the
-//! thread of the user's first socket.
+//! user cap, and drains every socket on shutdown. It alone subscribes a user's actor to the
+//! user's stream in the engine, and unsubscribes it before the actor goes. Where each user's
+//! actor runs is `placement`'s choice: by default on the thread of the user's first socket.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -15,13 +15,11 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
 
-use crate::bus::{Handoff, Published};
 use crate::close_code;
 use crate::config::{Config, UserPlacement};
-use crate::directory::DirectoryWriter;
+use crate::engine::{DeliveryTarget, SharedEngine};
 use crate::ids::{SessionId, UserId};
-use crate::metrics::{DropReason, Metrics};
-use crate::replay::ReplayBudget;
+use crate::metrics::Metrics;
 use crate::session::{CloseSession, Session};
 use crate::stats::{ActorState, ActorStats};
 use crate::supervision::{RestartHistory, SupervisionLog};
@@ -78,13 +76,12 @@ struct Spawned {
 
 pub(crate) struct Registry {
     config: Arc<Config>,
-    /// Counters of this actor's mailbox: senders count Connect, Disconnect and
-    /// PublishToAbsent as queued; the handlers count them handled.
+    /// Counters of this actor's mailbox: senders count Connect and Disconnect as queued;
+    /// the handlers count them handled.
     stats: Arc<ActorStats>,
     metrics: Arc<Metrics>,
     supervision: Arc<SupervisionLog>,
-    directory: DirectoryWriter,
-    budget: Arc<ReplayBudget>,
+    engine: SharedEngine,
     placement: Placement,
     /// Boxed: at tens of thousands of users, the table's empty slots then cost a pointer
     /// each instead of a whole record.
@@ -96,8 +93,6 @@ pub(crate) struct Registry {
     idle: IdleUsers,
     /// Source of unique actor generations.
     user_generations: u64,
-    /// Events for users without an actor (never connected, or past their resume window).
-    dropped_for_absent_users: u64,
 }
 
 impl Registry {
@@ -105,8 +100,7 @@ impl Registry {
         config: Arc<Config>,
         observers: (Arc<Metrics>, Arc<SupervisionLog>),
         stats: Arc<ActorStats>,
-        directory: DirectoryWriter,
-        budget: Arc<ReplayBudget>,
+        engine: SharedEngine,
         placement: (UserPlacement, Vec<ArbiterHandle>),
     ) -> Self {
         let (metrics, supervision) = observers;
@@ -115,20 +109,18 @@ impl Registry {
             stats,
             metrics,
             supervision,
-            directory,
-            budget,
+            engine,
             placement: Placement::new(placement.0, placement.1),
             users: HashMap::new(),
             sessions: 0,
             draining: false,
             idle: IdleUsers::default(),
             user_generations: 0,
-            dropped_for_absent_users: 0,
         }
     }
 
     /// Starts an actor for `user` on `home` (or a fallback, if that thread has stopped) and
-    /// publishes it in the directory.
+    /// subscribes it to the user's stream.
     fn spawn_user(
         &mut self,
         user: &UserId,
@@ -143,7 +135,7 @@ impl Registry {
         let actor = User::new(
             user.clone(),
             &self.config,
-            self.budget.clone(),
+            self.engine.clone(),
             stats.clone(),
             (self.metrics.clone(), self.supervision.clone()),
             running_requests,
@@ -156,8 +148,13 @@ impl Registry {
             cause: supervise::PANICKED,
         };
         let home = self.placement.run_supervised(home, actor, rx, ctx, died);
-        self.directory
-            .insert(user.clone(), addr.clone(), stats.clone());
+        self.engine.subscribe(
+            user,
+            DeliveryTarget {
+                recipient: Addr::clone(&addr).recipient(),
+                stats: stats.clone(),
+            },
+        );
         log::debug!("registry: started user:{user} (generation {generation})");
         Spawned {
             addr,
@@ -167,11 +164,11 @@ impl Registry {
         }
     }
 
-    /// Removes a user's actor: unpublished first, so no emitter finds it after it is told
+    /// Removes a user's actor: unsubscribed first, so nothing reaches it after it is told
     /// to retire.
     fn retire(&mut self, user: &UserId, why: &str) {
         self.not_idle(user);
-        self.directory.remove(user);
+        self.engine.unsubscribe(user);
         if let Some(member) = self.users.remove(user) {
             member.addr.do_send(Retire);
             log::debug!("registry: retired user:{user} ({why})");
@@ -336,44 +333,6 @@ impl Handler<Disconnect> for Registry {
             return;
         }
         self.went_idle(&msg.user, ctx);
-    }
-}
-
-/// An event for a user who has no actor in the directory.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct PublishToAbsent {
-    pub user: UserId,
-    pub event: Published,
-    /// Where the registry reports what it did, so the emitter can go direct again.
-    pub handoff: Arc<Handoff>,
-}
-
-impl Handler<PublishToAbsent> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: PublishToAbsent, _: &mut Self::Context) {
-        self.stats.handled(0);
-        match self.users.get(&msg.user) {
-            // The actor exists (the emitter raced its creation): deliver in order.
-            Some(member) => {
-                member.stats.queued(0);
-                member.addr.do_send(msg.event);
-                msg.handoff.record();
-            }
-            None => {
-                msg.handoff.record();
-                self.dropped_for_absent_users += 1;
-                self.metrics
-                    .dropped(msg.event.event.wire_type(), DropReason::NoUser, 1);
-                log::debug!(
-                    "registry: user:{} has no socket; dropped {} for run {}",
-                    msg.user,
-                    msg.event.event.wire_type(),
-                    msg.event.meta.run_id
-                );
-            }
-        }
     }
 }
 

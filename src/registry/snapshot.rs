@@ -53,6 +53,7 @@ impl Handler<Snapshot> for Registry {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
+        let engine = self.engine.stats();
         let users = self
             .users
             .iter()
@@ -72,8 +73,8 @@ impl Handler<Snapshot> for Registry {
             .collect();
         MessageResult(RegistrySnapshot {
             users,
-            dropped_for_absent_users: self.dropped_for_absent_users,
-            replay_bytes: self.budget.used(),
+            dropped_for_absent_users: engine.dropped_for_absent_users,
+            replay_bytes: engine.history_bytes as usize,
             draining: self.draining,
             registry: self.stats.snapshot(),
         })

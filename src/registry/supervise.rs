@@ -48,7 +48,7 @@ impl Handler<UserDied> for Registry {
         let Some(mut member) = self.users.remove(&msg.user) else {
             return;
         };
-        self.directory.remove(&msg.user);
+        self.engine.unsubscribe(&msg.user);
         if self.draining {
             self.ended_while_draining(&msg, &member);
             return;

@@ -168,7 +168,7 @@ impl Session {
             );
             return;
         }
-        let user = UserHandle::new(self.user_id.clone(), self.shared.bus.clone());
+        let user = UserHandle::new(self.user_id.clone(), self.shared.engine.clone());
         let context = AgentContext::new(user, self.id, thread_id, user_request, client_ref);
         let work = handler.dispatch(context, request);
         // Detached from this actor: the run outlives a socket blip. The guard releases the

@@ -1,23 +1,20 @@
 //! The user actor: one per user with a socket (or within its resume window), the isolation
 //! boundary of agentwire.
 //!
-//! Everything a user receives passes through this actor, and only this actor: it numbers the
-//! user's events (`seq` within an `epoch`), encodes each one once, keeps it in the user's
-//! replay buffer, and posts the shared bytes to each of the user's sessions that wants the
-//! event's thread. Because every frame to a session leaves from this one mailbox, a resume's
-//! replay cannot interleave with live events. It enforces the slow-consumer limit from the
-//! sender side: a session whose backlog is over the limit gets nothing more and is closed
-//! once it has written what it already had, so no socket ever skips a `seq`. It also owns
-//! the user's live runs, so `stop_agent` can only ever reach this user's runs. The registry
-//! creates it, attaches and detaches sessions, and retires it.
+//! Everything a user receives passes through this actor, and only this actor: the engine
+//! hands it the user's stream (numbered, encoded events, in `seq` order), and it posts the
+//! shared bytes to each of the user's sessions that wants the event's thread. Because every
+//! frame to a session leaves from this one mailbox, a resume's replay cannot interleave with
+//! live events. It enforces the slow-consumer limit from the sender side: a session whose
+//! backlog is over the limit gets nothing more and is closed once it has written what it
+//! already had, so no socket ever skips a `seq`. The registry creates it, subscribes it to
+//! the user's stream, attaches and detaches sessions, and retires it.
 //!
-//! This file holds the actor, its numbering and fan-out, and the registry's messages;
-//! `requests` holds its answers to the sessions' client requests (stop, switch, resume).
+//! This file holds the actor, its fan-out, and the registry's messages; `requests` holds
+//! its answers to the sessions' client requests (stop, switch, resume).
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 mod requests;
 
@@ -25,15 +22,12 @@ pub(crate) use requests::{Crash, Resume, StopRun, SwitchThread};
 
 use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
 
-use crate::bus::{Published, RunStop};
 use crate::close_code;
 use crate::config::Config;
-use crate::envelope::{self, EpochField, RunFields};
-use crate::event::{AgentEvent, RunMeta};
-use crate::ids::{new_epoch, SessionId, UserId};
+use crate::engine::{Delivery, SharedEngine, StreamEvent};
+use crate::ids::{SessionId, UserId};
 use crate::metrics::{DropReason, Metrics};
 use crate::outbound::{ControlFrame, Frame};
-use crate::replay::{ReplayBudget, ReplayBuffer};
 use crate::session::{Deliver, Outbound, Outbox, Session, Welcome};
 use crate::stats::ActorState;
 use crate::stats::ActorStats;
@@ -58,23 +52,15 @@ struct Member {
     resumed: bool,
 }
 
-/// A run of this user's that has not ended yet (as far as this actor has seen).
-struct LiveRun {
-    meta: Arc<RunMeta>,
-    /// Cancelled by `stop_agent`; from then on the run's events are swallowed.
-    cancel: Arc<RunStop>,
-    /// The run's envelope fields, encoded once for all its events.
-    fields: RunFields,
-}
-
 pub(crate) struct User {
     id: UserId,
-    /// The numbering epoch, kept encoded once for every event's envelope (`epoch()`).
-    epoch_field: EpochField,
-    seq: u64,
+    /// Where the user's stream stands: its epoch and the `seq` of the last event this actor
+    /// received. `None` until the engine's first `Position`; attaches wait for it.
+    position: Option<(Arc<str>, u64)>,
+    /// Attaches that arrived before the position.
+    waiting: Vec<Attach>,
     sessions: Vec<Member>,
-    runs: HashMap<String, LiveRun>,
-    replay: ReplayBuffer,
+    engine: SharedEngine,
     stats: Arc<ActorStats>,
     heartbeat_interval_ms: u64,
     max_backlog_frames: u64,
@@ -89,7 +75,7 @@ impl User {
     pub(crate) fn new(
         id: UserId,
         config: &Config,
-        budget: Arc<ReplayBudget>,
+        engine: SharedEngine,
         stats: Arc<ActorStats>,
         observers: (Arc<Metrics>, Arc<SupervisionLog>),
         running_requests: Arc<AtomicUsize>,
@@ -97,12 +83,11 @@ impl User {
         let (metrics, supervision) = observers;
         User {
             id,
-            epoch_field: EpochField::new(&new_epoch()),
-            seq: 0,
+            position: None,
+            waiting: Vec::new(),
             // Most users have one socket.
             sessions: Vec::with_capacity(1),
-            runs: HashMap::new(),
-            replay: ReplayBuffer::new(config.replay_max_events, config.replay_max_age, budget),
+            engine,
             stats,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             max_backlog_frames: config.max_session_backlog_frames,
@@ -113,36 +98,11 @@ impl User {
         }
     }
 
-    /// Numbers and encodes (once) one event of a run this actor knows.
-    fn encode(&mut self, meta: &RunMeta, event: &AgentEvent, emitted_at: SystemTime) -> Frame {
-        self.seq += 1;
-        match self.runs.get(&meta.run_id) {
-            Some(run) => {
-                envelope::encode(self.seq, &self.epoch_field, &run.fields, emitted_at, event)
-            }
-            // A run this actor first hears of at its end (after a restart).
-            None => envelope::encode(
-                self.seq,
-                &self.epoch_field,
-                &RunFields::new(meta),
-                emitted_at,
-                event,
-            ),
-        }
-    }
-
-    /// Buffers and fans out one encoded event (numbered `self.seq`); returns its size.
-    fn deliver(
-        &mut self,
-        frame: Frame,
-        meta: &Arc<RunMeta>,
-        event: &AgentEvent,
-        emitted_at: SystemTime,
-    ) -> usize {
-        let event_type = event.wire_type();
-        self.metrics.published(event_type);
+    /// Fans one event out to the sessions that want it; returns its size.
+    fn deliver(&mut self, event: StreamEvent) -> usize {
+        let event_type = event.event_type;
         for member in &mut self.sessions {
-            if !wants(member, meta) {
+            if !wants(member, &event.thread_id) {
                 continue;
             }
             if member.cut_off.is_none()
@@ -154,20 +114,23 @@ impl User {
                 self.metrics.dropped(event_type, reason, 1);
                 continue;
             }
-            member.stats.queued(frame.len());
-            member.last_sent_seq = self.seq;
+            member.stats.queued(event.frame.len());
+            member.last_sent_seq = event.seq;
             member.outbox.push(Outbound::Deliver(Deliver {
-                frame: frame.clone(),
-                event: Some((event_type, emitted_at)),
+                frame: event.frame.clone(),
+                event: Some((event_type, event.emitted_at)),
             }));
         }
-        let size = frame.len();
-        self.replay.push(self.seq, frame, meta.clone(), emitted_at);
-        size
+        event.frame.len()
     }
 
+    /// The stream's epoch and last `seq` (the position is known once sessions are attached).
     fn epoch(&self) -> &str {
-        self.epoch_field.epoch()
+        self.position.as_ref().map_or("", |(epoch, _)| epoch)
+    }
+
+    fn seq(&self) -> u64 {
+        self.position.as_ref().map_or(0, |(_, seq)| *seq)
     }
 
     fn member(&mut self, session: SessionId) -> Option<&mut Member> {
@@ -208,16 +171,16 @@ fn cut_off(user: &UserId, member: &mut Member, supervision: &SupervisionLog) {
         .push(Outbound::Close(close_code::SLOW_CONSUMER));
 }
 
-/// Whether a session receives events of this run's thread.
-fn wants(member: &Member, meta: &RunMeta) -> bool {
-    member.thread.as_deref().is_none_or(|t| t == meta.thread_id)
+/// Whether a session receives events of this thread.
+fn wants(member: &Member, thread_id: &str) -> bool {
+    member.thread.as_deref().is_none_or(|t| t == thread_id)
 }
 
 impl Actor for User {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        log::debug!("user:{}: stopped at seq {}", self.id, self.seq);
+        log::debug!("user:{}: stopped at seq {}", self.id, self.seq());
     }
 }
 
@@ -241,19 +204,26 @@ pub(crate) struct Attach {
 impl Handler<Attach> for User {
     type Result = ();
 
-    fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) {
+        if self.position.is_none() {
+            self.waiting.push(msg);
+            return;
+        }
+        self.attach(msg, ctx);
+    }
+}
+
+impl User {
+    fn attach(&mut self, msg: Attach, ctx: &mut Context<Self>) {
+        let (epoch, seq) = (self.epoch(), self.seq());
         let frame = if msg.after_restart {
-            ControlFrame::ResyncRequired {
-                epoch: self.epoch_field.epoch(),
-                seq: self.seq,
-            }
-            .encode()
+            ControlFrame::ResyncRequired { epoch, seq }.encode()
         } else {
             ControlFrame::Welcome {
                 session_id: msg.session_id.0,
                 user_id: self.id.as_str(),
-                epoch: self.epoch_field.epoch(),
-                seq: self.seq,
+                epoch,
+                seq,
                 heartbeat_interval_ms: self.heartbeat_interval_ms,
                 protocol: crate::outbound::PROTOCOL_VERSION,
             }
@@ -266,8 +236,8 @@ impl Handler<Attach> for User {
             outbox: outbox.clone(),
             stats: msg.stats,
             thread: None,
-            welcome_seq: self.seq,
-            last_sent_seq: self.seq,
+            welcome_seq: seq,
+            last_sent_seq: seq,
             cut_off: None,
             resumed: false,
         };
@@ -279,13 +249,9 @@ impl Handler<Attach> for User {
             resuming: msg.resume.is_some(),
             after_restart: msg.after_restart,
         });
-        self.replay.expire(SystemTime::now());
-        let replay = msg
-            .resume
-            .map(|(epoch, last_seq)| self.answer_resume(&member, &epoch, last_seq, self.seq));
         self.sessions.push(member);
-        if let Some(replay) = replay {
-            self.send_replay(msg.session_id, replay);
+        if let Some((epoch, last_seq)) = msg.resume {
+            self.replay(msg.session_id, epoch, last_seq, seq, ctx);
         }
     }
 }
@@ -338,36 +304,50 @@ impl Handler<Drain> for User {
     }
 }
 
-impl Handler<Published> for User {
+impl Handler<Delivery> for User {
     type Result = ();
 
-    fn handle(&mut self, msg: Published, _: &mut Self::Context) {
-        let run_id = &msg.meta.run_id;
-        let mut encoded = 0;
-        if msg.cancel.is_stopped() {
-            // The client stopped this run and already got its `agent_error` (from this
-            // actor, or from the one before it): nothing of the run may follow.
-            self.runs.remove(run_id);
-            self.metrics
-                .dropped(msg.event.wire_type(), DropReason::StoppedRun, 1);
-        } else {
-            let terminal = msg.event.is_terminal();
-            if !terminal && !self.runs.contains_key(run_id) {
-                self.runs.insert(
-                    run_id.clone(),
-                    LiveRun {
-                        meta: msg.meta.clone(),
-                        cancel: msg.cancel.clone(),
-                        fields: RunFields::new(&msg.meta),
-                    },
-                );
+    fn handle(&mut self, msg: Delivery, ctx: &mut Self::Context) {
+        match msg {
+            Delivery::Position { epoch, seq } => {
+                let first = self.position.is_none();
+                self.position = Some((epoch, seq));
+                if first {
+                    for attach in std::mem::take(&mut self.waiting) {
+                        self.attach(attach, ctx);
+                    }
+                } else {
+                    self.reposition();
+                }
+                self.stats.handled(0);
             }
-            let frame = self.encode(&msg.meta, &msg.event, msg.emitted_at);
-            if terminal {
-                self.runs.remove(run_id);
+            Delivery::Event(event) => {
+                if let Some((_, seq)) = &mut self.position {
+                    *seq = event.seq;
+                }
+                let size = self.deliver(event);
+                self.stats.handled(size);
             }
-            encoded = self.deliver(frame, &msg.meta, &msg.event, msg.emitted_at);
         }
-        self.stats.handled(encoded);
+    }
+}
+
+impl User {
+    /// The engine could not continue the stream exactly (its history was lost): every
+    /// session learns the new position, and carries on from it.
+    fn reposition(&mut self) {
+        let (epoch, seq) = (self.epoch().to_owned(), self.seq());
+        log::warn!(
+            "user:{}: the stream continues at epoch {epoch}, seq {seq}; sockets resync",
+            self.id
+        );
+        let frame = ControlFrame::ResyncRequired { epoch: &epoch, seq }.encode();
+        for member in &mut self.sessions {
+            member.welcome_seq = seq;
+            member.last_sent_seq = seq;
+            if member.cut_off.is_none() {
+                member.send_control(frame.clone());
+            }
+        }
     }
 }

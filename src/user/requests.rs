@@ -2,13 +2,11 @@
 //! `switch_thread` and `resume` (with the replay rules that keep a replay ahead of live
 //! events), and the crash that fault injection asks for.
 
-use std::time::SystemTime;
-
-use actix::{Handler, Message};
+use actix::{ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use serde_json::Value;
 
-use super::{cut_off, over_backlog, wants, Member, User};
-use crate::event::{AgentError, AgentEvent, RunErrorCode};
+use super::{cut_off, over_backlog, wants, User};
+use crate::engine::{HistoryEvent, StopOutcome};
 use crate::ids::SessionId;
 use crate::outbound::{ControlFrame, ErrorCode, Frame};
 use crate::session::{Outbound, Replay};
@@ -38,44 +36,86 @@ impl User {
     }
 
     /// Answers a resume for `session`: the events after `last_seq` up to `upto` (what the
-    /// session has not been sent), or a resync when that is impossible.
-    pub(super) fn answer_resume(
-        &self,
-        member: &Member,
-        epoch: &str,
+    /// session has not been sent) from the engine's history, or a resync when the history
+    /// no longer holds all of them. The actor waits for the history before it handles its
+    /// next message, so no live event can be pushed to the session ahead of the replay.
+    pub(super) fn replay(
+        &mut self,
+        session: SessionId,
+        epoch: String,
         last_seq: u64,
         upto: u64,
-    ) -> Replay {
-        let resync = || Replay {
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(member) = self.member(session) {
+            member.resumed = true;
+        }
+        if epoch != self.epoch() || last_seq > upto {
+            let resync = self.resync(upto);
+            self.send_replay(session, resync);
+            return;
+        }
+        if last_seq == upto {
+            let resumed = resumed(last_seq, upto, Vec::new());
+            self.send_replay(session, resumed);
+            return;
+        }
+        let history = self.engine.history(&self.id, &epoch, last_seq, upto);
+        ctx.wait(history.into_actor(self).map(move |events, user, _| {
+            let replay = match (events, user.sessions.iter().find(|m| m.id == session)) {
+                (Some(events), Some(member)) if is_exact(&events, last_seq, upto) => {
+                    let frames = events
+                        .into_iter()
+                        .filter(|e| wants(member, &e.thread_id))
+                        .map(|e| e.frame)
+                        .collect();
+                    resumed(last_seq, upto, frames)
+                }
+                (_, Some(_)) => user.resync(upto),
+                (_, None) => return,
+            };
+            user.send_replay(session, replay);
+        }));
+    }
+
+    /// A resume that cannot be answered exactly: the stream's position, nothing replayed.
+    fn resync(&self, upto: u64) -> Replay {
+        Replay {
             frames: Vec::new(),
             closing: ControlFrame::ResyncRequired {
                 epoch: self.epoch(),
                 seq: upto,
             }
             .encode(),
-        };
-        if epoch != self.epoch() || last_seq > upto {
-            return resync();
-        }
-        let Some(events) = self.replay.range(last_seq, upto) else {
-            return resync();
-        };
-        let frames: Vec<Frame> = events
-            .filter(|e| wants(member, &e.meta))
-            .map(|e| e.frame.clone())
-            .collect();
-        Replay {
-            frames,
-            closing: ControlFrame::Resumed {
-                from_seq: last_seq + 1,
-                to_seq: upto,
-            }
-            .encode(),
         }
     }
 }
 
-/// `stop_agent` from one of this user's sessions.
+/// Whether `events` are exactly the events after `last_seq` up to `upto`, in order: a
+/// replay is all of them or nothing, whatever the engine answered.
+fn is_exact(events: &[HistoryEvent], last_seq: u64, upto: u64) -> bool {
+    events.len() as u64 == upto - last_seq
+        && events
+            .iter()
+            .zip(last_seq + 1..)
+            .all(|(event, seq)| event.seq == seq)
+}
+
+/// A resume answered exactly: the replayed frames, then `resumed`.
+fn resumed(last_seq: u64, upto: u64, frames: Vec<Frame>) -> Replay {
+    Replay {
+        frames,
+        closing: ControlFrame::Resumed {
+            from_seq: last_seq + 1,
+            to_seq: upto,
+        }
+        .encode(),
+    }
+}
+
+/// `stop_agent` from one of this user's sessions: the engine stops the run wherever it
+/// runs (its `agent_error` then arrives through the stream, for every socket), or the
+/// session that asked gets `not_found`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct StopRun {
@@ -87,35 +127,22 @@ pub(crate) struct StopRun {
 impl Handler<StopRun> for User {
     type Result = ();
 
-    fn handle(&mut self, msg: StopRun, _: &mut Self::Context) {
-        let stopped = self.runs.get(&msg.run_id).map(|run| {
-            run.cancel.stop();
-            run.meta.clone()
-        });
-        match stopped {
-            Some(meta) => {
-                let event = AgentEvent::Error(AgentError {
-                    code: RunErrorCode::Cancelled,
-                    message: "stopped by the client".to_owned(),
-                });
-                let now = SystemTime::now();
-                // Encoded while the run is still known, with its fields escaped once.
-                let frame = self.encode(&meta, &event, now);
-                self.runs.remove(&msg.run_id);
-                self.deliver(frame, &meta, &event, now);
+    fn handle(&mut self, msg: StopRun, ctx: &mut Self::Context) {
+        let stop = self.engine.stop(&self.id, &msg.run_id);
+        ctx.spawn(stop.into_actor(self).map(move |outcome, user, _| {
+            if outcome == StopOutcome::Stopped {
+                return;
             }
-            None => {
-                let frame = ControlFrame::Error {
-                    code: ErrorCode::NotFound,
-                    message: "no such run for this user",
-                    client_ref: msg.client_ref.as_ref(),
-                }
-                .encode();
-                if let Some(member) = self.member(msg.session_id) {
-                    member.send_control(frame);
-                }
+            let frame = ControlFrame::Error {
+                code: ErrorCode::NotFound,
+                message: "no such run for this user",
+                client_ref: msg.client_ref.as_ref(),
             }
-        }
+            .encode();
+            if let Some(member) = user.member(msg.session_id) {
+                member.send_control(frame);
+            }
+        }));
     }
 }
 
@@ -160,8 +187,7 @@ pub(crate) struct Resume {
 impl Handler<Resume> for User {
     type Result = ();
 
-    fn handle(&mut self, msg: Resume, _: &mut Self::Context) {
-        self.replay.expire(SystemTime::now());
+    fn handle(&mut self, msg: Resume, ctx: &mut Self::Context) {
         let Some(member) = self.sessions.iter().find(|m| m.id == msg.session_id) else {
             return;
         };
@@ -171,25 +197,16 @@ impl Handler<Resume> for User {
         // when the client already has everything it was sent, else `resync_required`.
         let can_replay =
             (msg.holding || member.last_sent_seq == member.welcome_seq) && !member.resumed;
-        let replay = if can_replay {
-            self.answer_resume(member, &msg.epoch, msg.last_seq, member.welcome_seq)
+        if can_replay {
+            let upto = member.welcome_seq;
+            self.replay(msg.session_id, msg.epoch, msg.last_seq, upto, ctx);
+            return;
+        }
+        let upto = member.last_sent_seq;
+        let replay = if msg.epoch == self.epoch() && msg.last_seq == upto {
+            resumed(upto, upto, Vec::new())
         } else {
-            let upto = member.last_sent_seq;
-            let closing = if msg.epoch == self.epoch() && msg.last_seq == upto {
-                ControlFrame::Resumed {
-                    from_seq: upto + 1,
-                    to_seq: upto,
-                }
-            } else {
-                ControlFrame::ResyncRequired {
-                    epoch: self.epoch(),
-                    seq: upto,
-                }
-            };
-            Replay {
-                frames: Vec::new(),
-                closing: closing.encode(),
-            }
+            self.resync(upto)
         };
         self.send_replay(msg.session_id, replay);
     }

@@ -1,6 +1,7 @@
 //! A user's replay buffer: the recent encoded events a reconnecting socket can resume from.
 //!
-//! Owned by the user actor. Bounded by count and age (from [`crate::Config`]) and, together
+//! The in-process engine's history: one per subscribed user, owned by that user's stream.
+//! Bounded by count and age (from [`crate::Config`]) and, together
 //! with every other user's buffer, by a global byte budget: a push that takes the total over
 //! the budget makes this buffer drop its own oldest events until the total is back under it.
 //! A resume is answered from here only when the buffer still holds every event it asks for;
@@ -12,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::event::RunMeta;
 use crate::outbound::Frame;
 
 /// The byte budget shared by all replay buffers of one runtime.
@@ -40,7 +40,8 @@ impl ReplayBudget {
 pub(crate) struct Buffered {
     pub seq: u64,
     pub frame: Frame,
-    pub meta: Arc<RunMeta>,
+    /// The event's thread, for sockets that filter on it.
+    pub thread_id: Arc<str>,
     /// When the event was emitted: its age counts from there.
     at: SystemTime,
 }
@@ -67,7 +68,7 @@ impl ReplayBuffer {
     /// Appends the event numbered `seq` (always one more than the last pushed), emitted
     /// `at` (a moment ago: it also serves as "now" for expiring older events, which saves
     /// reading the clock once per event).
-    pub(crate) fn push(&mut self, seq: u64, frame: Frame, meta: Arc<RunMeta>, at: SystemTime) {
+    pub(crate) fn push(&mut self, seq: u64, frame: Frame, thread_id: Arc<str>, at: SystemTime) {
         if self.max_events == 0 {
             return;
         }
@@ -78,7 +79,7 @@ impl ReplayBuffer {
         self.entries.push_back(Buffered {
             seq,
             frame,
-            meta,
+            thread_id,
             at,
         });
         while self.entries.len() > self.max_events
@@ -142,12 +143,8 @@ impl Drop for ReplayBuffer {
 mod tests {
     use super::*;
 
-    fn meta() -> Arc<RunMeta> {
-        Arc::new(RunMeta {
-            run_id: "r".into(),
-            thread_id: "t".into(),
-            agent_name: "a".into(),
-        })
+    fn thread() -> Arc<str> {
+        "t".into()
     }
 
     fn seqs(buffer: &ReplayBuffer, after: u64, upto: u64) -> Option<Vec<u64>> {
@@ -164,7 +161,7 @@ mod tests {
             buffer.push(
                 seq,
                 Frame::from(format!("event {seq}")),
-                meta(),
+                thread(),
                 SystemTime::now(),
             );
         }
@@ -184,9 +181,9 @@ mod tests {
         let budget = ReplayBudget::new(20);
         let mut a = ReplayBuffer::new(100, Duration::from_secs(60), budget.clone());
         let mut b = ReplayBuffer::new(100, Duration::from_secs(60), budget.clone());
-        a.push(1, Frame::from("0123456789"), meta(), SystemTime::now());
-        b.push(1, Frame::from("0123456789"), meta(), SystemTime::now());
-        b.push(2, Frame::from("0123456789"), meta(), SystemTime::now());
+        a.push(1, Frame::from("0123456789"), thread(), SystemTime::now());
+        b.push(1, Frame::from("0123456789"), thread(), SystemTime::now());
+        b.push(2, Frame::from("0123456789"), thread(), SystemTime::now());
         assert!(budget.used() <= 20);
         assert_eq!((a.len(), b.len()), (1, 1), "b dropped its own oldest");
     }
@@ -195,7 +192,7 @@ mod tests {
     fn old_events_expire() {
         let mut buffer =
             ReplayBuffer::new(10, Duration::from_millis(0), ReplayBudget::new(1 << 20));
-        buffer.push(1, Frame::from("x"), meta(), SystemTime::now());
+        buffer.push(1, Frame::from("x"), thread(), SystemTime::now());
         buffer.expire(SystemTime::now() + Duration::from_millis(5));
         assert_eq!(buffer.len(), 0);
     }
