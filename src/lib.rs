@@ -54,7 +54,8 @@
 //!
 //! The `agentwire` binary (`src/bin/agentwire/`) adds the demo server, `agentwire tree` and
 //! `agentwire bench`; `benches/baseline/` is the actor-free server the benchmarks compare
-//! against.
+//! against. Both need the `cli` feature (on by default); the library needs no feature, so
+//! an application depends on it with `default-features = false`.
 //!
 //! ## Embedding
 //!

@@ -98,6 +98,11 @@ impl Runtime {
     /// Clients should reconnect with `resume`. With the in-process engine, users' streams
     /// live in this process: a client that reconnects to a restarted process gets
     /// `resync_required`.
+    ///
+    /// Call it before stopping the `HttpServer`. From the moment it begins, the registry
+    /// restarts no user actor: the workers stopping end the user actors that run on them
+    /// (idle users in their resume window included), and that is the shutdown, not a crash.
+    /// Without it, a stopping worker looks like a thread that died under running actors.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, RuntimeGone> {
         let started = Instant::now();
         self.shared.draining.store(true, Ordering::SeqCst);

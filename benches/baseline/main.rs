@@ -54,8 +54,9 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn run(cli: Cli) -> std::io::Result<()> {
-    // The same accept backlog as actix-web's default (2,048), so a thousand simultaneous
-    // connects do not overflow it and wait for a SYN retransmit.
+    // The same accept backlog as `agentwire serve` (2,048; actix-web's own default is
+    // 1,024), so a thousand simultaneous connects do not overflow it and wait for a SYN
+    // retransmit.
     let socket = if cli.bind.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

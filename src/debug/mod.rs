@@ -9,7 +9,8 @@
 //! - `GET /debug`: a page showing the tree live, sortable and filterable.
 //! - `GET /debug/tree?format=json|dot|text`: the tree (see [`TreeNode`]).
 //! - `GET /debug/events`: the supervision log as JSON.
-//! - `POST /debug/fault`: `{"action": "crash_user", "user": ID}` or
+//! - `POST /debug/fault` (`Content-Type: application/json`):
+//!   `{"action": "crash_user", "user": ID}` or
 //!   `{"action": "stall_session", "session": N, "ms": MS}`.
 //! - `GET /metrics`: Prometheus text format.
 
@@ -162,6 +163,10 @@ async fn fault(
     token: web::Data<AdminToken>,
 ) -> HttpResponse {
     require_admin!(req, token);
+    if !is_json(&req) {
+        return HttpResponse::BadRequest()
+            .body("bad fault request: Content-Type must be application/json");
+    }
     let request: FaultRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
@@ -182,6 +187,15 @@ async fn fault(
         Ok(()) => HttpResponse::Accepted().body("injected"),
         Err(error) => HttpResponse::NotFound().body(error.to_string()),
     }
+}
+
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn metrics(

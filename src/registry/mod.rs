@@ -145,7 +145,7 @@ impl Registry {
         let died = UserDied {
             user: user.clone(),
             generation,
-            cause: "the actor panicked",
+            cause: supervise::PANICKED,
         };
         let home = self.placement.run_supervised(home, actor, rx, ctx, died);
         self.engine.subscribe(

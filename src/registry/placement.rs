@@ -19,6 +19,7 @@ use actix::dev::channel::AddressReceiver;
 use actix::{Addr, ArbiterHandle, AsyncContext, Context};
 use futures_util::FutureExt;
 
+use super::supervise::THREAD_STOPPED;
 use super::{Registry, UserDied};
 use crate::config::UserPlacement;
 use crate::user::User;
@@ -141,7 +142,7 @@ struct ThreadStopGuard(Option<(Arc<Addr<Registry>>, UserDied)>);
 impl Drop for ThreadStopGuard {
     fn drop(&mut self) {
         if let Some((registry, mut died)) = self.0.take() {
-            died.cause = "its thread stopped";
+            died.cause = THREAD_STOPPED;
             registry.do_send(died);
         }
     }

@@ -1,12 +1,17 @@
 //! The registry as supervisor: restarting a user actor that crashed (within the restart
 //! intensity limit), escalating past it, and the fault injection operators use to rehearse
 //! both.
+//!
+//! Once the runtime drains ([`crate::Runtime::shutdown`]) nothing is restarted: the process
+//! is stopping, and the HTTP workers stopping after the drain end the user actors that run
+//! on them. That is the shutdown, not a crash: such an actor is let go without a restart, a
+//! supervision event or a warning.
 
 use std::time::Duration;
 
 use actix::{Context, Handler, Message};
 
-use super::Registry;
+use super::{Member, Registry};
 use crate::close_code;
 use crate::ids::{SessionId, UserId};
 use crate::metrics::DropReason;
@@ -20,9 +25,14 @@ use crate::user::{Attach, Crash};
 pub(crate) struct UserDied {
     pub user: UserId,
     pub generation: u64,
-    /// What happened, for the supervision log: "the actor panicked", or "its thread stopped".
+    /// What happened, for the supervision log: [`PANICKED`] or [`THREAD_STOPPED`].
     pub cause: &'static str,
 }
+
+/// `UserDied::cause` for a panic in one of the actor's handlers.
+pub(crate) const PANICKED: &str = "the actor panicked";
+/// `UserDied::cause` for an actor whose thread stopped under it.
+pub(crate) const THREAD_STOPPED: &str = "its thread stopped";
 
 impl Handler<UserDied> for Registry {
     type Result = ();
@@ -39,6 +49,10 @@ impl Handler<UserDied> for Registry {
             return;
         };
         self.engine.unsubscribe(&msg.user);
+        if self.draining {
+            self.ended_while_draining(&msg, &member);
+            return;
+        }
         let actor = format!("user:{}", msg.user);
         let (lost, _) = member.stats.backlog();
         if lost > 0 {
@@ -108,6 +122,37 @@ impl Handler<UserDied> for Registry {
             member.stats.set_state(crate::stats::ActorState::Idle);
         }
         self.users.insert(msg.user, member);
+    }
+}
+
+impl Registry {
+    /// A user actor ended after the drain began: not restarted. Its thread stopping is the
+    /// shutdown itself (logged at debug); a panic is still a bug worth a warning, but not a
+    /// restart. Sockets it still had get the drain's 1012.
+    fn ended_while_draining(&mut self, msg: &UserDied, member: &Member) {
+        if let Some(since) = member.idle_since {
+            self.idle.remove(since, &msg.user);
+        }
+        for session in member.sessions.values() {
+            session
+                .addr
+                .do_send(CloseSession(close_code::SERVICE_RESTART));
+        }
+        self.sessions -= member.sessions.len();
+        if msg.cause == THREAD_STOPPED {
+            log::debug!(
+                "registry: user:{} ended with its thread during the shutdown",
+                msg.user
+            );
+        } else {
+            log::warn!(
+                "user:{}: {} during the drain; not restarted (shutting down), {} socket(s) \
+                 closed with 1012",
+                msg.user,
+                msg.cause,
+                member.sessions.len()
+            );
+        }
     }
 }
 

@@ -3,8 +3,10 @@
 //! Mounts agentwire at `/ws` with an HS256 `JwtAuthenticator` and the simulated agent, the
 //! demo-only login at `/demo/login`, and the demo page at `/` (with the reusable JavaScript
 //! client at `/agentwire.js`), and the admin-only operator routes (`/debug`, `/metrics`).
-//! Prints the address it listens on, and the secrets it generated.
+//! Once it listens, prints the secrets it generated and the addresses it listens on, and
+//! warns on standard error when an address is reachable from other machines.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -28,14 +30,21 @@ fn random_secret() -> String {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Secrets are generated now but printed only once the server listens: a start that
+    // fails prints none.
+    let mut generated = Vec::new();
     let jwt_secret = args.jwt_secret.clone().unwrap_or_else(|| {
         let secret = random_secret();
-        println!("jwt secret (generated; pass --jwt-secret to fix it): {secret}");
+        generated.push(format!(
+            "jwt secret (generated; pass --jwt-secret to fix it): {secret}"
+        ));
         secret
     });
     let admin_token = args.admin_token.clone().unwrap_or_else(|| {
         let token = random_secret();
-        println!("admin token (generated; pass --admin-token to fix it): {token}");
+        generated.push(format!(
+            "admin token (generated; pass --admin-token to fix it): {token}"
+        ));
         token
     });
     let config = Config {
@@ -72,16 +81,30 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     // TCP_NODELAY, Nagle's algorithm holds a frame back until the client acknowledges the
     // previous one (up to its delayed-ACK timer, 40 ms on Linux).
     .tcp_nodelay(true)
+    // actix-web's 5 s default answers 408 to connections that a busy worker reaches late in
+    // a connect storm (thousands of clients reconnecting at once after a restart).
+    .client_request_timeout(Duration::from_millis(args.client_request_timeout_ms))
+    // actix-web's default is 1,024: a storm overflows it sooner, and a dropped SYN is
+    // retried only a second or more later.
+    .backlog(args.backlog)
     // Signals are ours: sockets are drained with 1012 before the HTTP server stops.
     .disable_signals()
-    .shutdown_timeout(1)
-    .bind(args.bind)?;
+    .shutdown_timeout(1);
     if let Some(workers) = args.workers {
         server = server.workers(workers);
+    }
+    for addr in bindable(&args.bind.addrs)? {
+        server = server
+            .bind(addr)
+            .map_err(|error| format!("cannot listen on {addr}: {error}"))?;
+    }
+    for line in generated {
+        println!("{line}");
     }
     for addr in server.addrs() {
         println!("agentwire demo listening on http://{addr}");
     }
+    warn_if_reachable(&server.addrs());
     let server = server.run();
     let handle = server.handle();
     let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
@@ -108,6 +131,46 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     });
     server.await?;
     Ok(())
+}
+
+/// The addresses of `--bind` this machine has. A host name may name an address the
+/// machine cannot listen on (`localhost` names `::1` too, which a machine without IPv6
+/// lacks): such an address is left out, with a warning, as long as another one remains.
+/// Probed on port 0, so the real port is not touched.
+fn bindable(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
+    let mut usable = Vec::new();
+    let mut missing = Vec::new();
+    for addr in addrs {
+        match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)) {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                missing.push(format!("cannot listen on {addr}: {error}"));
+            }
+            _ => usable.push(*addr),
+        }
+    }
+    if usable.is_empty() {
+        return Err(missing.join("; "));
+    }
+    for line in missing {
+        log::warn!("{line}; left out");
+    }
+    Ok(usable)
+}
+
+/// The demo login gives a token for any name to anyone who asks: on an address other
+/// machines can reach, that is anyone on the network.
+fn warn_if_reachable(addrs: &[SocketAddr]) {
+    for addr in addrs.iter().filter(|a| !a.ip().is_loopback()) {
+        eprintln!(
+            "agentwire: WARNING: listening on {addr}, which is not a loopback address, with \
+             the demo login on.\n\
+             agentwire: WARNING: anyone who can reach this port can log in as any user at \
+             /demo/login and read that user's events.\n\
+             agentwire: WARNING: the demo server is for trying agentwire on this machine; \
+             use --bind 127.0.0.1:{} unless everyone who can reach it may be anyone.",
+            addr.port()
+        );
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM; names the signal.
