@@ -154,6 +154,8 @@ pub(crate) struct Resume {
     pub session_id: SessionId,
     pub epoch: String,
     pub last_seq: u64,
+    /// Replay what the buffer still holds when it no longer holds everything asked for.
+    pub partial: bool,
     pub holding: bool,
 }
 
@@ -172,7 +174,12 @@ impl Handler<Resume> for User {
         let can_replay =
             (msg.holding || member.last_sent_seq == member.welcome_seq) && !member.resumed;
         let replay = if can_replay {
-            self.answer_resume(member, &msg.epoch, msg.last_seq, member.welcome_seq)
+            let last_seq = if msg.partial {
+                self.replay.partial_start(msg.last_seq, member.welcome_seq)
+            } else {
+                msg.last_seq
+            };
+            self.answer_resume(member, &msg.epoch, last_seq, member.welcome_seq)
         } else {
             let upto = member.last_sent_seq;
             let closing = if msg.epoch == self.epoch() && msg.last_seq == upto {
