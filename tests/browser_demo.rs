@@ -218,6 +218,8 @@ fn a_server_restart_shows_the_run_interrupted_and_the_next_question_works() {
     let run = wait_last_run(&browser, 1, "interrupted");
     demo_page::wait_connected(&browser);
     browser.screenshot("interrupted after the restart");
+    browser.js("document.querySelector('article.run').scrollIntoView();", json!([]));
+    browser.screenshot("the interrupted run");
     assert!(run.text.contains("the server restarted"), "{run:?}");
     let stop = browser.js(
         "return Array.from(document.querySelectorAll('#stop, .stop-run'), (b) => b.disabled);",

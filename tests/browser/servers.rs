@@ -105,6 +105,8 @@ fn spawn(bind: &str, extra: &[String]) -> (Child, SocketAddr) {
         .args(["--admin-token", ADMIN_TOKEN])
         .args(extra)
         .env("RUST_LOG", "warn")
+        // The fault test's injected panic is expected: one line of it is enough.
+        .env("RUST_BACKTRACE", "0")
         .stdout(Stdio::piped())
         .spawn()
         .expect("the agentwire binary starts");
