@@ -186,7 +186,11 @@ mod tests {
         assert_eq!(seqs(&buffer, 5, 5), Some(vec![]));
         assert_eq!(seqs(&buffer, 1, 5), None, "event 2 was evicted");
         assert_eq!(seqs(&buffer, 2, 6), None, "event 6 does not exist");
-        assert_eq!(buffer.partial_start(0, 5), 2, "a partial resume starts at the oldest");
+        assert_eq!(
+            buffer.partial_start(0, 5),
+            2,
+            "a partial resume starts at the oldest"
+        );
         assert_eq!(buffer.partial_start(3, 5), 3, "nothing after 3 was evicted");
         assert_eq!(buffer.partial_start(0, 2), 0, "nothing of 1..=2 is left");
         assert_eq!(buffer.partial_start(u64::MAX, 5), u64::MAX);

@@ -73,7 +73,10 @@ fn wait_state(browser: &Browser, state: &str) {
 }
 
 fn last_state(browser: &Browser) -> Value {
-    browser.js("return window.log.states[window.log.states.length - 1];", json!([]))
+    browser.js(
+        "return window.log.states[window.log.states.length - 1];",
+        json!([]),
+    )
 }
 
 /// Cuts the connection while the server is unreachable; the client waits about a minute.
@@ -136,7 +139,10 @@ fn reconnect_now_online_and_a_visible_tab_reconnect_at_once() {
     proxy.refuse(false);
     set_visibility(&browser, "hidden");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(browser.js("return window.c.state;", json!([])), "reconnecting");
+    assert_eq!(
+        browser.js("return window.c.state;", json!([])),
+        "reconnecting"
+    );
     set_visibility(&browser, "visible");
     wait_state(&browser, "open");
     assert!(connected_because(&browser, "visible"));
@@ -146,6 +152,30 @@ fn reconnect_now_online_and_a_visible_tab_reconnect_at_once() {
         json!(false),
         "nothing to do when open"
     );
+}
+
+#[test]
+fn a_tab_coming_back_finds_a_silently_dead_connection_at_once() {
+    let browser = Browser::open("client-half-open");
+    let server = DemoServer::start(&[]);
+    let proxy = Proxy::start(server.addr);
+    start_client(&browser, &proxy.url("/"), "hugo", false);
+    let first = browser.js("return window.c.sessionId;", json!([]));
+    // As after a laptop slept: the connection looks open but nothing gets through. The
+    // heartbeat alone would notice after 2.5 intervals (25 s); a tab coming back asks.
+    proxy.silence();
+    std::thread::sleep(Duration::from_millis(1100));
+    set_visibility(&browser, "visible");
+    browser.wait_for(
+        "a new session",
+        &format!("window.c.state === 'open' && window.c.sessionId !== {first}"),
+    );
+    let reconnecting = browser.js(
+        "return window.log.states.filter((s) => s.state === 'reconnecting');",
+        json!([]),
+    );
+    assert_eq!(reconnecting[0]["message"], "no answer from the server");
+    assert_eq!(reconnecting[0]["delay"], 0);
 }
 
 fn set_visibility(browser: &Browser, state: &str) {
@@ -318,7 +348,10 @@ fn the_declared_types_match_what_the_module_exports() {
             properties.push(name);
         }
     }
-    assert!(methods.len() >= 12 && properties.len() >= 20, "{methods:?} {properties:?}");
+    assert!(
+        methods.len() >= 12 && properties.len() >= 20,
+        "{methods:?} {properties:?}"
+    );
     let events: Vec<String> = types
         .split("export interface ClientEventMap {")
         .nth(1)

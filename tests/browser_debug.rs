@@ -54,7 +54,10 @@ fn the_debug_page_lists_users_and_sessions_and_marks_a_restarted_user() {
     let shown = rows(&browser);
     browser.screenshot("users and sessions");
     let users: Vec<&String> = shown.iter().filter(|r| !r.contains("session")).collect();
-    assert!(users[0].starts_with("▾alice") && users[1].starts_with("▾bob"), "{shown:?}");
+    assert!(
+        users[0].starts_with("▾alice") && users[1].starts_with("▾bob"),
+        "{shown:?}"
+    );
     let sessions = shown.iter().filter(|r| r.starts_with("└ session")).count();
     assert_eq!(sessions, 3, "alice's two tabs and bob's one: {shown:?}");
     let totals = browser.js(
@@ -95,7 +98,10 @@ fn the_debug_page_lists_users_and_sessions_and_marks_a_restarted_user() {
         "return document.getElementById('events').textContent;",
         json!([]),
     );
-    assert!(log.as_str().unwrap_or_default().contains("user:alice"), "{log}");
+    assert!(
+        log.as_str().unwrap_or_default().contains("user:alice"),
+        "{log}"
+    );
 
     // Alice's tab says what happened, without claiming events were missed, and carries on.
     browser.switch_to(&alice);
@@ -107,7 +113,9 @@ fn the_debug_page_lists_users_and_sessions_and_marks_a_restarted_user() {
     browser.screenshot("alice's tab after the restart");
     let said = demo_page::notices(&browser).join("\n");
     assert!(
-        said.contains("restarted this user's session after an internal error; no events were missed"),
+        said.contains(
+            "restarted this user's session after an internal error; no events were missed"
+        ),
         "{said}"
     );
     assert!(!said.contains("missed while away"), "{said}");

@@ -23,7 +23,10 @@ fn the_golden_run_renders_and_the_answer_is_scrolled_into_view() {
     browser.screenshot("first answer");
     assert!(run.request.contains("What is 6 times 7?"), "{run:?}");
     assert_eq!(run.types.first().map(String::as_str), Some("agent_started"));
-    assert_eq!(run.types.last().map(String::as_str), Some("agent_completed"));
+    assert_eq!(
+        run.types.last().map(String::as_str),
+        Some("agent_completed")
+    );
     let count = |t: &str| run.types.iter().filter(|x| *x == t).count();
     assert!(count("agent_thinking") >= 3, "{run:?}");
     assert_eq!(count("tool_executing"), 2, "two tool cards with arguments");
@@ -44,7 +47,10 @@ fn the_golden_run_renders_and_the_answer_is_scrolled_into_view() {
         json!([]),
     );
     assert_eq!(overflowing, json!(true), "the run is taller than the view");
-    assert!(in_view(&browser, ".answer"), "the answer is scrolled into view");
+    assert!(
+        in_view(&browser, ".answer"),
+        "the answer is scrolled into view"
+    );
 
     ask(&browser, "And what about 8 times 9?");
     wait_last_run(&browser, 2, "completed");
@@ -78,13 +84,19 @@ fn two_tabs_of_one_user_show_the_same_events_and_another_users_tab_none() {
     let seen = wait_last_run(&browser, 1, "completed");
     browser.screenshot("alice's second tab");
     assert_eq!(seen.run_id, asked.run_id);
-    assert_eq!(seen.seqs, asked.seqs, "the same events, with the same numbers");
+    assert_eq!(
+        seen.seqs, asked.seqs,
+        "the same events, with the same numbers"
+    );
     assert_eq!(seen.types, asked.types);
     assert!(seen.request.contains("capital of Norway"));
 
     browser.switch_to(&bob);
     browser.screenshot("bob's tab");
-    assert!(runs(&browser).is_empty(), "another user's tab shows none of it");
+    assert!(
+        runs(&browser).is_empty(),
+        "another user's tab shows none of it"
+    );
     let bob_saw = browser.js(
         "return window.demo.client.runs.length + document.getElementById('rawList').textContent.indexOf('Norway');",
         json!([]),
@@ -135,7 +147,10 @@ fn a_cut_connection_resumes_with_every_event_exactly_once_in_order() {
         .unwrap_or_else(|| panic!("a notice in the run: {order:?}"));
     let before = order[..at].iter().filter_map(|e| e.as_u64()).max();
     let after = order[at + 1..].iter().filter_map(|e| e.as_u64()).min();
-    assert!(before.is_some() && after.is_some() && before < after, "{order:?}");
+    assert!(
+        before.is_some() && after.is_some() && before < after,
+        "{order:?}"
+    );
 }
 
 #[test]
@@ -218,14 +233,21 @@ fn a_server_restart_shows_the_run_interrupted_and_the_next_question_works() {
     let run = wait_last_run(&browser, 1, "interrupted");
     demo_page::wait_connected(&browser);
     browser.screenshot("interrupted after the restart");
-    browser.js("document.querySelector('article.run').scrollIntoView();", json!([]));
+    browser.js(
+        "document.querySelector('article.run').scrollIntoView();",
+        json!([]),
+    );
     browser.screenshot("the interrupted run");
     assert!(run.text.contains("the server restarted"), "{run:?}");
     let stop = browser.js(
         "return Array.from(document.querySelectorAll('#stop, .stop-run'), (b) => b.disabled);",
         json!([]),
     );
-    assert_eq!(stop, json!([true, true]), "an interrupted run cannot be stopped");
+    assert_eq!(
+        stop,
+        json!([true, true]),
+        "an interrupted run cannot be stopped"
+    );
 
     ask(&browser, "Is it back?");
     let next = wait_last_run(&browser, 2, "completed");

@@ -297,7 +297,10 @@ async fn a_partial_resume_replays_what_the_buffer_still_holds_and_says_from_wher
     other
         .send(json!({ "type": "resume", "epoch": "0123456789abcdef", "last_seq": 0, "partial": true }))
         .await;
-    assert_eq!(other.expect("resync_required").await["epoch"], epoch.as_str());
+    assert_eq!(
+        other.expect("resync_required").await["epoch"],
+        epoch.as_str()
+    );
     drop(first);
 }
 

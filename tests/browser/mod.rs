@@ -167,10 +167,8 @@ impl Browser {
         let shots = target.join("browser-screenshots").join(name);
         let _ = std::fs::remove_dir_all(&shots);
         std::fs::create_dir_all(&shots).expect("screenshot directory");
-        let profile = std::env::temp_dir().join(format!(
-            "agentwire-chromium-{}-{name}",
-            std::process::id()
-        ));
+        let profile =
+            std::env::temp_dir().join(format!("agentwire-chromium-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         let args = [
             "--headless",
@@ -264,10 +262,7 @@ impl Browser {
     }
 
     fn element(&self, css: &str) -> String {
-        let found = self.command(
-            "element",
-            json!({ "using": "css selector", "value": css }),
-        );
+        let found = self.command("element", json!({ "using": "css selector", "value": css }));
         found[ELEMENT]
             .as_str()
             .unwrap_or_else(|| panic!("no element {css}"))

@@ -1,9 +1,9 @@
 //! What the browser talks to in the browser tests: the `agentwire` binary's demo server as a
 //! separate process (stopped with SIGTERM, as an operator would, and started again on the
-//! same port), and a TCP proxy in front of it that can cut every connection or refuse new
-//! ones, like a network that drops.
+//! same port), and a TCP proxy in front of it that can cut every connection, silence them
+//! (half-open, as after a laptop sleeps) or refuse new ones, like a network that drops.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +52,10 @@ impl DemoServer {
             if child.try_wait().expect("wait for the server").is_some() {
                 return;
             }
-            assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -147,8 +150,8 @@ pub struct Proxy {
 
 struct Shared {
     target: Mutex<SocketAddr>,
-    /// Both ends of every forwarded connection.
-    open: Mutex<Vec<(TcpStream, TcpStream)>>,
+    /// Every forwarded connection.
+    open: Mutex<Vec<Forwarded>>,
     refusing: AtomicBool,
     closed: AtomicBool,
 }
@@ -181,13 +184,14 @@ impl Proxy {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = upstream.set_nodelay(true);
-                pipe(&client, &upstream);
-                pipe(&upstream, &client);
-                accepting
-                    .open
-                    .lock()
-                    .expect("connections")
-                    .push((client, upstream));
+                let silent = Arc::new(AtomicBool::new(false));
+                pipe(&client, &upstream, &silent);
+                pipe(&upstream, &client, &silent);
+                accepting.open.lock().expect("connections").push(Forwarded {
+                    client,
+                    upstream,
+                    silent,
+                });
             }
         });
         Proxy { addr, shared }
@@ -199,9 +203,17 @@ impl Proxy {
 
     /// Cuts every connection open through the proxy, without a WebSocket close frame.
     pub fn cut(&self) {
-        for (client, upstream) in self.shared.open.lock().expect("connections").drain(..) {
-            reset(&client);
-            let _ = upstream.shutdown(Shutdown::Both);
+        for forwarded in self.shared.open.lock().expect("connections").drain(..) {
+            reset(&forwarded.client);
+            let _ = forwarded.upstream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Every connection open now stays open but carries nothing more, either way (new
+    /// connections work).
+    pub fn silence(&self) {
+        for forwarded in self.shared.open.lock().expect("connections").iter() {
+            forwarded.silent.store(true, Ordering::Relaxed);
         }
     }
 
@@ -224,13 +236,32 @@ impl Drop for Proxy {
     }
 }
 
+struct Forwarded {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// Set: what arrives is dropped instead of forwarded.
+    silent: Arc<AtomicBool>,
+}
+
 /// Copies `from` to `to` on a thread of its own, until either side ends.
-fn pipe(from: &TcpStream, to: &TcpStream) {
+fn pipe(from: &TcpStream, to: &TcpStream, silent: &Arc<AtomicBool>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
+    let silent = silent.clone();
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if silent.load(Ordering::Relaxed) => continue,
+                Ok(n) => {
+                    if to.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = to.shutdown(Shutdown::Write);
     });
 }

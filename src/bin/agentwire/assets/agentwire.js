@@ -26,6 +26,7 @@ export const CLIENT_EVENTS = Object.freeze(['state', 'event', 'run', 'resumed', 
 const STABLE_AFTER_MS = 10000;      // a socket open this long resets the backoff
 const ERROR_CLOSE_GRACE_MS = 1000;  // how long to wait for `close` after `error`
 const SAVE_DELAY_MS = 200;          // position writes to storage are batched this long
+const PROBE_MS = 4000;              // a woken tab's ping must be answered within this
 const MAX_TIMER_MS = 2147483647;    // setTimeout's limit
 
 // Every close code: [reason, what it means to a person, whether a new socket can help].
@@ -137,7 +138,7 @@ export class AgentwireClient {
     this._drained = false;     // a 1012 closed a socket since the last welcome
     this._tokenStale = false;  // the next attempt fetches a fresh token first
     this._refreshAt = null;
-    this._timers = { retry: null, beat: null, refresh: null, save: null };
+    this._timers = { retry: null, beat: null, refresh: null, save: null, probe: null };
     this._resuming = null;     // a `resume` awaits its answer: {history}
     this._replayed = 0;
     this._lossBase = null;     // the seq up to which the app has every event (null: nothing to lose)
@@ -364,8 +365,26 @@ export class AgentwireClient {
       return true;
     }
     // A tab back from the background, or a network back online: check the socket is alive.
-    if (this.state === 'open' && why !== 'manual' && Date.now() - this._lastRx >= 1000) this.ping();
+    if (this.state === 'open' && why !== 'manual' && Date.now() - this._lastRx >= 1000) this._probe();
     return false;
+  }
+
+  _probe() {
+    const sent = Date.now();
+    if (this._timers.probe || !this.ping()) return;
+    this._timers.probe = setTimeout(() => {
+      this._timers.probe = null;
+      if (this.state === 'open' && this._lastRx < sent) this._dead('no answer from the server', true);
+    }, PROBE_MS);
+  }
+
+  /** The socket is open but the server is silent: give it up and reconnect. */
+  _dead(message, immediate) {
+    const ws = this._ws;
+    this._detach();
+    try { ws.close(4000, 'heartbeat timeout'); } catch (err) { /* already closing */ }
+    this._lastClose = 4000;
+    this._retry({ reason: 'heartbeat', message, code: 4000, immediate });
   }
 
   _finish(reason, message, code, serverReason) {
@@ -386,7 +405,8 @@ export class AgentwireClient {
     this._resuming = null;
     clearInterval(this._timers.beat);
     clearTimeout(this._timers.refresh);
-    this._timers.beat = this._timers.refresh = null;
+    clearTimeout(this._timers.probe);
+    this._timers.beat = this._timers.refresh = this._timers.probe = null;
   }
 
   _clearTimers() {
@@ -667,11 +687,7 @@ export class AgentwireClient {
     this._timers.beat = setInterval(() => {
       const idle = Date.now() - this._lastRx;
       if (idle > every * 2.5 && this._ws) {
-        const ws = this._ws;
-        this._detach();
-        try { ws.close(4000, 'heartbeat timeout'); } catch (err) { /* already closing */ }
-        this._lastClose = 4000;
-        this._retry({ reason: 'heartbeat', message: 'no sign of life from the server', code: 4000 });
+        this._dead('no sign of life from the server', false);
       } else if (idle >= every) {
         this.ping();
       }
