@@ -44,6 +44,14 @@ import('/agentwire.js').then(({ AgentwireClient }) => {
     } };
   if (opts.doubling) options.WebSocket = Doubling;
   const c = window.c = new AgentwireClient(options);
+  // What the client reports, shown on the page for the screenshots.
+  const shown = document.createElement('pre');
+  shown.style.cssText = 'position:fixed;inset:auto 0 0 0;max-height:60%;overflow:auto;margin:0;padding:8px;background:#fff;border-top:2px solid #3b5bdb;font:12px/1.4 monospace;z-index:9';
+  document.body.appendChild(shown);
+  const line = (text) => { shown.textContent += new Date().toISOString().slice(11, 23) + '  ' + text + '\n'; shown.scrollTop = shown.scrollHeight; };
+  c.on('state', (s) => line('state ' + s.state + ' (' + s.reason + '): ' + s.message + (s.delay != null ? ', retry in ' + s.delay + ' ms' : '')));
+  c.on('resync', (r) => line('resync (' + r.reason + '): ' + r.message + '; interrupted ' + r.interrupted.join(', ')));
+  c.on('run', (r, previous) => line('run ' + r.runId + ': ' + (previous || 'new') + ' -> ' + r.status));
   c.on('state', (s) => log.states.push({ state: s.state, reason: s.reason, message: s.message,
     delay: s.delay, code: s.code, session: s.welcome ? s.welcome.session_id : null }));
   c.on('event', (e) => log.events.push(e.seq));
@@ -170,6 +178,7 @@ fn a_tab_coming_back_finds_a_silently_dead_connection_at_once() {
         "a new session",
         &format!("window.c.state === 'open' && window.c.sessionId !== {first}"),
     );
+    browser.screenshot("a new connection");
     let reconnecting = browser.js(
         "return window.log.states.filter((s) => s.state === 'reconnecting');",
         json!([]),
@@ -309,6 +318,7 @@ fn duplicated_and_stale_deliveries_reach_the_app_exactly_once_in_order() {
         "the run to finish",
         "window.log.runs.some((r) => r[1] === 'completed')",
     );
+    browser.screenshot("run completed");
     let events = browser.js("return window.log.events;", json!([]));
     assert_eq!(events, json!((1..=60).collect::<Vec<u64>>()));
     let frames = browser.js("return window.log.states.length;", json!([]));
