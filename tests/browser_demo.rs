@@ -4,7 +4,7 @@
 
 mod browser;
 
-use browser::demo_page::{self, ask, ask_synthetic, in_view, log_in, runs, wait_last_run};
+use browser::demo_page::{self, ask, ask_synthetic, log_in, runs, wait_in_view, wait_last_run};
 use browser::servers::{DemoServer, Proxy};
 use browser::Browser;
 use serde_json::json;
@@ -20,7 +20,6 @@ fn the_golden_run_renders_and_the_answer_is_scrolled_into_view() {
 
     ask(&browser, "What is 6 times 7?");
     let run = wait_last_run(&browser, 1, "completed");
-    browser.screenshot("first answer");
     assert!(run.request.contains("What is 6 times 7?"), "{run:?}");
     assert_eq!(run.types.first().map(String::as_str), Some("agent_started"));
     assert_eq!(
@@ -47,15 +46,13 @@ fn the_golden_run_renders_and_the_answer_is_scrolled_into_view() {
         json!([]),
     );
     assert_eq!(overflowing, json!(true), "the run is taller than the view");
-    assert!(
-        in_view(&browser, ".answer"),
-        "the answer is scrolled into view"
-    );
+    wait_in_view(&browser, "the answer scrolled into view", ".answer");
+    browser.screenshot("first answer");
 
     ask(&browser, "And what about 8 times 9?");
     wait_last_run(&browser, 2, "completed");
+    wait_in_view(&browser, "the view to keep following", ".answer");
     browser.screenshot("second answer");
-    assert!(in_view(&browser, ".answer"), "the view keeps following");
     let seqs: Vec<u64> = runs(&browser).iter().flat_map(|r| r.seqs.clone()).collect();
     let mut sorted = seqs.clone();
     sorted.sort_unstable();

@@ -112,15 +112,18 @@ pub fn notices(browser: &Browser) -> Vec<String> {
         .collect()
 }
 
-/// Whether `css` (the last match) is inside the conversation's visible area.
-pub fn in_view(browser: &Browser, css: &str) -> bool {
-    browser.js(
-        "const all = document.querySelectorAll(arguments[0]); const e = all[all.length - 1];
-         if (!e) return false;
-         const r = e.getBoundingClientRect(), c = document.getElementById('conv').getBoundingClientRect();
-         return r.top >= c.top - 1 && r.bottom <= c.bottom + 1;",
-        json!([css]),
-    ) == json!(true)
+/// Waits until `css` (its last match) is inside the conversation's visible area (the page
+/// scrolls once per animation frame).
+pub fn wait_in_view(browser: &Browser, what: &str, css: &str) {
+    browser.wait_for(
+        what,
+        &format!(
+            "(() => {{ const all = document.querySelectorAll('{css}'); const e = all[all.length - 1];
+               if (!e) return false;
+               const r = e.getBoundingClientRect(), c = document.getElementById('conv').getBoundingClientRect();
+               return r.top >= c.top - 1 && r.bottom <= c.bottom + 1; }})()"
+        ),
+    );
 }
 
 /// Asserts that `seqs` goes up by exactly one from `first` to `last`.
