@@ -43,6 +43,7 @@ import('/agentwire.js').then(({ AgentwireClient }) => {
       return (await res.json()).token;
     } };
   if (opts.doubling) options.WebSocket = Doubling;
+  if (opts.storageKey) Object.assign(options, { storage: 'session', storageKey: opts.storageKey });
   const c = window.c = new AgentwireClient(options);
   // What the client reports, shown on the page for the screenshots.
   const shown = document.createElement('pre');
@@ -55,6 +56,7 @@ import('/agentwire.js').then(({ AgentwireClient }) => {
   c.on('state', (s) => log.states.push({ state: s.state, reason: s.reason, message: s.message,
     delay: s.delay, code: s.code, session: s.welcome ? s.welcome.session_id : null }));
   c.on('event', (e) => log.events.push(e.seq));
+  c.on('resumed', (r) => log.resumed = r);
   c.on('run', (r, previous) => log.runs.push([r.runId, r.status, previous]));
   c.on('resync', (r) => log.resyncs.push(r));
   c.connect();
@@ -68,6 +70,10 @@ fn start_client(browser: &Browser, base: &str, user: &str, doubling: bool) {
 
 fn start_client_with(browser: &Browser, base: &str, options: Value) {
     browser.goto(base);
+    start_on_this_page(browser, options);
+}
+
+fn start_on_this_page(browser: &Browser, options: Value) {
     let started = browser.js_async(START, json!([options]));
     assert_eq!(started, json!(true));
     wait_state(browser, "open");
@@ -247,6 +253,52 @@ fn a_drain_reconnects_at_once_to_whichever_server_answers() {
     let status = browser.js("return window.c.run(arguments[0]).status;", json!([run]));
     assert_eq!(status, "interrupted");
     browser.screenshot("on the second server");
+}
+
+#[test]
+fn a_reload_resumes_exactly_where_the_tab_was() {
+    let browser = Browser::open("client-reload");
+    let server = DemoServer::start(&[]);
+    let options = json!({ "user": "rita", "storageKey": "position" });
+    start_client_with(&browser, &server.url("/"), options.clone());
+    browser.js(
+        "window.c.startAgent('count', { context: { synthetic: { events: 100, interval_ms: 30 } } });",
+        json!([]),
+    );
+    browser.wait_for("20 events", "window.log.events.length >= 20");
+    browser.reload();
+    let saved = browser.js(
+        "return JSON.parse(sessionStorage.getItem('position'));",
+        json!([]),
+    );
+    let at = saved["seq"].as_u64().expect("a saved position");
+    assert!(at >= 20, "{saved}");
+    assert_eq!(saved["user"], "rita");
+    assert!(
+        saved.get("token").is_none(),
+        "no token kept without persistToken"
+    );
+
+    start_on_this_page(&browser, options);
+    browser.wait_for(
+        "the run to finish",
+        "window.log.runs.some((r) => r[1] === 'completed')",
+    );
+    browser.screenshot("resumed after the reload");
+    let log = browser.js("return window.log;", json!([]));
+    let events: Vec<u64> = log["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(
+        events,
+        (at + 1..=100).collect::<Vec<_>>(),
+        "the new page gets exactly the events after the saved position"
+    );
+    assert_eq!(log["resumed"]["fromSeq"], at + 1);
+    assert_eq!(log["resyncs"], json!([]));
 }
 
 #[test]
