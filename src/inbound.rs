@@ -41,12 +41,16 @@ pub enum ClientMessage {
     },
     /// `ping`, answered with `pong`.
     Ping,
-    /// `resume {epoch, last_seq}`
+    /// `resume {epoch, last_seq, partial?}`
     Resume {
         /// The epoch the client's `last_seq` belongs to.
         epoch: String,
         /// The last `seq` the client received.
         last_seq: u64,
+        /// When the replay buffer no longer holds every event after `last_seq`, replay the
+        /// ones it still holds (the answer's `from_seq` says where they start) instead of
+        /// answering `resync_required`.
+        partial: bool,
     },
 }
 
@@ -112,6 +116,8 @@ struct SwitchThreadFields {
 struct ResumeFields {
     epoch: String,
     last_seq: u64,
+    #[serde(default)]
+    partial: bool,
 }
 
 #[derive(Deserialize)]
@@ -208,9 +214,17 @@ fn decode_message(kind: &str, rest: Value) -> Result<ClientMessage, InboundError
             ClientMessage::Ping
         }
         "resume" => {
-            let ResumeFields { epoch, last_seq } = serde_json::from_value(rest).map_err(invalid)?;
+            let ResumeFields {
+                epoch,
+                last_seq,
+                partial,
+            } = serde_json::from_value(rest).map_err(invalid)?;
             check_id("epoch", &epoch)?;
-            ClientMessage::Resume { epoch, last_seq }
+            ClientMessage::Resume {
+                epoch,
+                last_seq,
+                partial,
+            }
         }
         other => {
             let shown: String = other.chars().take(40).collect();
@@ -280,6 +294,26 @@ mod tests {
         );
         assert_eq!(
             code_of(r#"{"type":"ping","ref":[1]}"#),
+            ErrorCode::InvalidField
+        );
+    }
+
+    #[test]
+    fn a_resume_is_partial_only_when_it_says_so() {
+        let partial = |text: &str| match decode(text).map(|f| f.message) {
+            Ok(ClientMessage::Resume { partial, .. }) => Some(partial),
+            _ => None,
+        };
+        assert_eq!(
+            partial(r#"{"type":"resume","epoch":"e","last_seq":1}"#),
+            Some(false)
+        );
+        assert_eq!(
+            partial(r#"{"type":"resume","epoch":"e","last_seq":1,"partial":true}"#),
+            Some(true)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"resume","epoch":"e","last_seq":1,"partial":"yes"}"#),
             ErrorCode::InvalidField
         );
     }

@@ -308,3 +308,80 @@ async fn a_late_resume_is_answered_ahead_of_the_live_events_behind_it() {
     }
     assert!(replays > 0, "at least one round resumed ahead of the burst");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_resume_replays_what_the_buffer_still_holds_and_says_from_where() {
+    let server = TestServer::start_with(Config {
+        replay_max_events: 4,
+        ..Config::default()
+    });
+    let first = server.connect("ivy").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    emit(&server, "ivy", 5); // seq 1..=7; the buffer keeps 4..=7
+    let mut exact = server.connect("ivy").await;
+    assert_eq!(exact.welcome["seq"], 7);
+    exact
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 0 }))
+        .await;
+    assert_eq!(
+        exact.expect("resync_required").await["seq"],
+        7,
+        "without `partial` the answer stays all or nothing"
+    );
+
+    let mut partial = server.connect("ivy").await;
+    partial
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 0, "partial": true }))
+        .await;
+    let mut replayed = Vec::new();
+    for _ in 4..=7 {
+        replayed.push(partial.next().await);
+    }
+    assert_eq!(seqs(&replayed), [4, 5, 6, 7]);
+    let resumed = partial.expect("resumed").await;
+    assert_eq!(
+        (resumed["from_seq"].as_u64(), resumed["to_seq"].as_u64()),
+        (Some(4), Some(7)),
+        "from_seq says the events before 4 are gone"
+    );
+
+    // Where nothing asked for was evicted, `partial` changes nothing.
+    let mut whole = server.connect("ivy").await;
+    whole
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 5, "partial": true }))
+        .await;
+    assert_eq!(seqs(&[whole.next().await, whole.next().await]), [6, 7]);
+    assert_eq!(whole.expect("resumed").await["from_seq"], 6);
+
+    // Another epoch is never partially answered.
+    let mut other = server.connect("ivy").await;
+    other
+        .send(json!({ "type": "resume", "epoch": "0123456789abcdef", "last_seq": 0, "partial": true }))
+        .await;
+    assert_eq!(
+        other.expect("resync_required").await["epoch"],
+        epoch.as_str()
+    );
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_resume_with_nothing_left_in_the_buffer_still_resyncs() {
+    let server = TestServer::start_with(Config {
+        replay_max_age: Duration::from_millis(1),
+        ..Config::default()
+    });
+    let first = server.connect("jon").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    emit(&server, "jon", 1); // seq 1..=3
+    tokio::time::sleep(Duration::from_millis(20)).await; // all three are past the age limit
+    let mut second = server.connect("jon").await;
+    assert_eq!(second.welcome["seq"], 3);
+    second
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 0, "partial": true }))
+        .await;
+    let answer = second.next().await;
+    assert_eq!(answer["type"], "resync_required", "{answer}");
+    assert_eq!(answer["seq"], 3);
+    drop(first);
+}

@@ -233,6 +233,7 @@ impl Engine for LocalEngine {
         epoch: &str,
         after: u64,
         upto: u64,
+        partial: bool,
     ) -> EngineFuture<Option<Vec<HistoryEvent>>> {
         let events = self.streams.read().get(user).and_then(|stream| {
             let mut state = stream.state.lock();
@@ -240,6 +241,11 @@ impl Engine for LocalEngine {
                 return None;
             }
             state.history.expire(SystemTime::now());
+            let after = if partial {
+                state.history.partial_start(after, upto)
+            } else {
+                after
+            };
             let events = state.history.range(after, upto)?;
             Some(
                 events

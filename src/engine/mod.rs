@@ -76,12 +76,15 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// The events of `user`'s stream in `epoch` with `after < seq <= upto`, or `None` when
     /// the engine no longer holds every one of them (or the epoch is not the stream's).
+    /// With `partial`, when the oldest of them are gone, the ones from the oldest event
+    /// still held on (a contiguous tail ending at `upto`, possibly empty).
     fn history(
         &self,
         user: &UserId,
         epoch: &str,
         after: u64,
         upto: u64,
+        partial: bool,
     ) -> EngineFuture<Option<Vec<HistoryEvent>>>;
 
     /// Counters for the supervision tree and the metrics.

@@ -4,8 +4,8 @@
 //! Bounded by count and age (from [`crate::Config`]) and, together
 //! with every other user's buffer, by a global byte budget: a push that takes the total over
 //! the budget makes this buffer drop its own oldest events until the total is back under it.
-//! A resume is answered from here only when the buffer still holds every event it asks for;
-//! otherwise the client must resync. Age is enforced lazily, on every push and before every
+//! A resume is answered from here only when the buffer still holds every event it asks for
+//! (or, for a partial resume, from its oldest event on); otherwise the client must resync. Age is enforced lazily, on every push and before every
 //! resume, so an idle user costs no timer.
 
 use std::collections::VecDeque;
@@ -126,6 +126,18 @@ impl ReplayBuffer {
         Some(self.entries.range(start..end))
     }
 
+    /// Where a partial resume after `after` (up to `upto`) starts: `after` itself while the
+    /// buffer still holds the event after it, otherwise just before the oldest event it
+    /// holds, if that one is at most `upto` (else `after`: nothing of the range is left).
+    pub(crate) fn partial_start(&self, after: u64, upto: u64) -> u64 {
+        match self.entries.front() {
+            Some(oldest) if oldest.seq.saturating_sub(1) > after && oldest.seq <= upto => {
+                oldest.seq - 1
+            }
+            _ => after,
+        }
+    }
+
     /// Events held now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -171,6 +183,14 @@ mod tests {
         assert_eq!(seqs(&buffer, 5, 5), Some(vec![]));
         assert_eq!(seqs(&buffer, 1, 5), None, "event 2 was evicted");
         assert_eq!(seqs(&buffer, 2, 6), None, "event 6 does not exist");
+        assert_eq!(
+            buffer.partial_start(0, 5),
+            2,
+            "a partial resume starts at the oldest"
+        );
+        assert_eq!(buffer.partial_start(3, 5), 3, "nothing after 3 was evicted");
+        assert_eq!(buffer.partial_start(0, 2), 0, "nothing of 1..=2 is left");
+        assert_eq!(buffer.partial_start(u64::MAX, 5), u64::MAX);
         assert_eq!(budget.used(), 3 * "event 1".len());
         drop(buffer);
         assert_eq!(budget.used(), 0, "a dropped buffer returns its bytes");

@@ -124,10 +124,15 @@ impl Session {
                     client_ref,
                 })
             }
-            ClientMessage::Resume { epoch, last_seq } => user.do_send(user::Resume {
+            ClientMessage::Resume {
+                epoch,
+                last_seq,
+                partial,
+            } => user.do_send(user::Resume {
                 session_id: self.id,
                 epoch,
                 last_seq,
+                partial,
                 holding,
             }),
         }

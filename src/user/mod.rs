@@ -251,7 +251,12 @@ impl User {
         });
         self.sessions.push(member);
         if let Some((epoch, last_seq)) = msg.resume {
-            self.replay(msg.session_id, epoch, last_seq, seq, ctx);
+            let range = requests::ResumeRange {
+                last_seq,
+                upto: seq,
+                partial: false,
+            };
+            self.replay(msg.session_id, epoch, range, ctx);
         }
     }
 }

@@ -43,10 +43,14 @@ impl User {
         &mut self,
         session: SessionId,
         epoch: String,
-        last_seq: u64,
-        upto: u64,
+        range: ResumeRange,
         ctx: &mut Context<Self>,
     ) {
+        let ResumeRange {
+            last_seq,
+            upto,
+            partial,
+        } = range;
         if let Some(member) = self.member(session) {
             member.resumed = true;
         }
@@ -60,16 +64,20 @@ impl User {
             self.send_replay(session, resumed);
             return;
         }
-        let history = self.engine.history(&self.id, &epoch, last_seq, upto);
+        let history = self
+            .engine
+            .history(&self.id, &epoch, last_seq, upto, partial);
         ctx.wait(history.into_actor(self).map(move |events, user, _| {
             let replay = match (events, user.sessions.iter().find(|m| m.id == session)) {
-                (Some(events), Some(member)) if is_exact(&events, last_seq, upto) => {
+                (Some(events), Some(member)) if is_answer(&events, last_seq, upto, partial) => {
+                    // A partial answer starts at the oldest event still held.
+                    let from = events.first().map_or(last_seq, |e| e.seq - 1);
                     let frames = events
                         .into_iter()
                         .filter(|e| wants(member, &e.thread_id))
                         .map(|e| e.frame)
                         .collect();
-                    resumed(last_seq, upto, frames)
+                    resumed(from, upto, frames)
                 }
                 (_, Some(_)) => user.resync(upto),
                 (_, None) => return,
@@ -91,13 +99,27 @@ impl User {
     }
 }
 
-/// Whether `events` are exactly the events after `last_seq` up to `upto`, in order: a
-/// replay is all of them or nothing, whatever the engine answered.
-fn is_exact(events: &[HistoryEvent], last_seq: u64, upto: u64) -> bool {
-    events.len() as u64 == upto - last_seq
+/// The range a resume asks for: the events after `last_seq` up to `upto`; `partial` accepts
+/// the tail of it the engine still holds when it no longer holds all of it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResumeRange {
+    pub last_seq: u64,
+    pub upto: u64,
+    pub partial: bool,
+}
+
+/// Whether `events` answer the range: exactly the events after `last_seq` up to `upto`, in
+/// order, or for a partial resume a contiguous tail of them ending at `upto`.
+/// Whatever the engine answered, a replay never has a hole.
+fn is_answer(events: &[HistoryEvent], last_seq: u64, upto: u64, partial: bool) -> bool {
+    let from = match (events.first(), partial) {
+        (Some(first), true) if first.seq > last_seq => first.seq - 1,
+        _ => last_seq,
+    };
+    events.len() as u64 == upto - from
         && events
             .iter()
-            .zip(last_seq + 1..)
+            .zip(from + 1..)
             .all(|(event, seq)| event.seq == seq)
 }
 
@@ -181,6 +203,8 @@ pub(crate) struct Resume {
     pub session_id: SessionId,
     pub epoch: String,
     pub last_seq: u64,
+    /// Replay what the buffer still holds when it no longer holds everything asked for.
+    pub partial: bool,
     pub holding: bool,
 }
 
@@ -199,7 +223,12 @@ impl Handler<Resume> for User {
             (msg.holding || member.last_sent_seq == member.welcome_seq) && !member.resumed;
         if can_replay {
             let upto = member.welcome_seq;
-            self.replay(msg.session_id, msg.epoch, msg.last_seq, upto, ctx);
+            let range = ResumeRange {
+                last_seq: msg.last_seq,
+                upto,
+                partial: msg.partial,
+            };
+            self.replay(msg.session_id, msg.epoch, range, ctx);
             return;
         }
         let upto = member.last_sent_seq;

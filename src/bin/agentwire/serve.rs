@@ -2,9 +2,10 @@
 //!
 //! Mounts agentwire at `/ws` with an HS256 `JwtAuthenticator` and the simulated agent, the
 //! demo-only login at `/demo/login`, and the demo page at `/` (with the reusable JavaScript
-//! client at `/agentwire.js`), and the admin-only operator routes (`/debug`, `/metrics`).
-//! Once it listens, prints the secrets it generated and the addresses it listens on, and
-//! warns on standard error when an address is reachable from other machines.
+//! client at `/agentwire.js` and its types at `/agentwire.d.ts`), and the admin-only operator
+//! routes (`/debug`, `/metrics`). Once it listens, prints the secrets it generated and the
+//! addresses it listens on, and warns on standard error when an address is reachable from
+//! other machines.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::demo_login::{self, DemoIssuer};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const CLIENT_JS: &str = include_str!("assets/agentwire.js");
+const CLIENT_TYPES: &str = include_str!("assets/agentwire.d.ts");
 
 pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     actix_web::rt::System::new().block_on(serve(args))
@@ -75,6 +77,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .configure(demo_login::routes(issuer.clone()))
             .route("/", web::get().to(index))
             .route("/agentwire.js", web::get().to(client_js))
+            .route("/agentwire.d.ts", web::get().to(client_types))
             .route("/favicon.ico", web::get().to(HttpResponse::NoContent))
     })
     // Each event is its own small frame, written as soon as it is encoded: without
@@ -207,4 +210,10 @@ async fn client_js() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")
         .body(CLIENT_JS)
+}
+
+async fn client_types() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(CLIENT_TYPES)
 }
