@@ -31,6 +31,10 @@
 //! - [`close_code`]: the WebSocket close codes, one per kind of failure.
 //! - `emit`: [`UserHandle`], [`AgentRun`] and [`ToolCall`], the scoped handles that are the
 //!   only way to emit; `bus`: the seam every emitted event passes through.
+//! - `engine`: where events are numbered and kept across nodes; `engine::redis` (feature
+//!   `redis`) is the engine for several nodes on one Redis: the publish script, the batching
+//!   publisher, history, the subscriber, node leases and the sweeper that ends a dead node's
+//!   runs.
 //! - `handler`: the [`AgentHandler`] trait the application implements for inbound requests.
 //! - `auth` and `jwt`: the [`Authenticator`] trait and the shipped HS256 [`JwtAuthenticator`].
 //! - `routes`: [`routes`], which mounts the endpoint in an actix-web app; `debug`:
@@ -101,6 +105,7 @@ mod config;
 mod debug;
 mod directory;
 mod emit;
+mod engine;
 mod envelope;
 pub mod event;
 mod handler;

@@ -1,0 +1,142 @@
+//! The node's lease: proof to the other nodes that this node is alive.
+//!
+//! Every `lease_refresh` the node sets its lease key (`P:node:N:lease`) with a TTL of
+//! `lease_ttl` and adds itself to the nodes set; a node whose lease expired is dead to the
+//! sweepers (`sweeper.rs`). A refresh that finds the key gone means the node stalled for
+//! longer than the TTL (or Redis lost its data): its runs may have been ended with
+//! `node_lost` already, which is reported ([`super::Monitor::lease_lost`]); the node takes
+//! a new lease and puts its live runs back in its runs set, so that if it dies now they are
+//! still swept.
+//!
+//! The lease task also judges Redis's health for the sweeper: [`Health::may_sweep`] is true
+//! only once refreshes have all succeeded, each within one refresh interval, for a whole
+//! `lease_ttl`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::Value;
+
+use super::error::EngineError;
+use super::hooks::Part;
+use super::Node;
+
+/// Since when this node's refreshes have been healthy (`None`: the last one was not).
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    healthy_since: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn record(&self, healthy: bool) {
+        let mut since = self.healthy_since.lock();
+        if !healthy {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(Instant::now());
+        }
+    }
+
+    /// Whether Redis has answered this node's refreshes in time for at least `period`.
+    pub(crate) fn may_sweep(&self, period: Duration) -> bool {
+        self.healthy_since
+            .lock()
+            .is_some_and(|since| since.elapsed() >= period)
+    }
+}
+
+/// Lease timings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseTimings {
+    pub ttl: Duration,
+    pub refresh: Duration,
+}
+
+/// Refreshes the lease forever.
+pub(crate) async fn run(node: Arc<Node>, timings: LeaseTimings, health: Arc<Health>) {
+    let mut held = false;
+    let mut ticks = tokio::time::interval(timings.refresh);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let started = Instant::now();
+        match refresh(&node, timings, held).await {
+            Ok(()) => {
+                held = true;
+                health.record(started.elapsed() <= timings.refresh);
+            }
+            Err(error) => {
+                log::debug!("redis: lease refresh failed: {error}");
+                node.monitor.error(Part::Lease, &error);
+                health.record(false);
+            }
+        }
+    }
+}
+
+async fn refresh(node: &Node, timings: LeaseTimings, held: bool) -> Result<(), EngineError> {
+    let lease = node.keys.lease(&node.id);
+    let ttl = u64::try_from(timings.ttl.as_millis()).unwrap_or(u64::MAX);
+    let mut pipeline = redis::pipe();
+    pipeline
+        .cmd("SET")
+        .arg(&lease)
+        .arg(&node.id)
+        .arg("PX")
+        .arg(ttl)
+        .arg("XX")
+        .cmd("SADD")
+        .arg(node.keys.nodes())
+        .arg(&node.id)
+        .ignore();
+    let (refreshed,): (Value,) = node.commands.pipeline(&pipeline).await?;
+    if refreshed != Value::Nil {
+        return Ok(());
+    }
+    if held {
+        log::warn!(
+            "redis: node {} lost its lease (it stalled, or Redis lost its data): \
+             other nodes may have ended its runs",
+            node.id
+        );
+        node.monitor.lease_lost();
+    }
+    let runs: Vec<Vec<u8>> = node.live_runs.lock().iter().cloned().collect();
+    let mut pipeline = redis::pipe();
+    pipeline
+        .cmd("SET")
+        .arg(&lease)
+        .arg(&node.id)
+        .arg("PX")
+        .arg(ttl)
+        .ignore();
+    if !runs.is_empty() {
+        pipeline
+            .cmd("SADD")
+            .arg(node.keys.node_runs(&node.id))
+            .arg(runs)
+            .ignore();
+    }
+    node.commands.pipeline::<()>(&pipeline).await?;
+    Ok(())
+}
+
+/// Gives the lease up at a clean shutdown, when this node has no live run left (with live
+/// runs it lets the lease expire, so that the sweepers end them).
+pub(crate) async fn release(node: &Node) -> Result<bool, EngineError> {
+    if !node.live_runs.lock().is_empty() {
+        return Ok(false);
+    }
+    let mut pipeline = redis::pipe();
+    pipeline
+        .cmd("DEL")
+        .arg(node.keys.lease(&node.id))
+        .ignore()
+        .cmd("SREM")
+        .arg(node.keys.nodes())
+        .arg(&node.id)
+        .ignore();
+    node.commands.pipeline::<()>(&pipeline).await?;
+    Ok(true)
+}
