@@ -128,3 +128,166 @@ fn entry_record(entry: Value) -> Result<Bytes, EngineError> {
     }
     Err(EngineError::Reply("stream entry without a record"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::script::{Batch, OutgoingEvent};
+    use super::super::test_server::TestRedis;
+    use super::super::testing::*;
+    use super::super::{Node, RedisConfig};
+    use super::*;
+    use std::time::Duration;
+
+    /// Publishes `count` thinking events of `user` (in batches of up to 100), numbered after
+    /// `first_batch`; returns the epoch.
+    async fn publish(node: &Node, user: &UserId, count: usize) -> Arc<str> {
+        let meta = run("run_1");
+        let events: Vec<OutgoingEvent> = (0..count)
+            .map(|i| outgoing(user, &meta, &thinking(format!("event {i}"))))
+            .collect();
+        let keys = node.keys.user(user);
+        let mut epoch = None;
+        for chunk in events.chunks(100) {
+            let batch = Batch {
+                keys: &keys,
+                node: &node.id,
+                sender: &node.id,
+                number: node.next_batch_number(),
+                lost_node: None,
+                events: chunk,
+                node_runs: None,
+            };
+            epoch = Some(node.script.run(&node.commands, &batch).await.unwrap().epoch);
+        }
+        epoch.expect("at least one event")
+    }
+
+    async fn seqs(
+        node: &Node,
+        user: &UserId,
+        epoch: &str,
+        after: u64,
+        upto: u64,
+    ) -> Option<Vec<u64>> {
+        range(&node.commands, &node.keys, user, epoch, after, upto, 50)
+            .await
+            .unwrap()
+            .map(|events| events.iter().map(|e| e.seq).collect())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_are_exact_or_refused() {
+        let redis = TestRedis::start();
+        let node = node(&config(&redis, "n1"));
+        let alice = user("alice");
+        assert_eq!(
+            position(&node.commands, &node.keys, &alice).await.unwrap(),
+            None
+        );
+        let epoch = publish(&node, &alice, 10).await;
+        assert_eq!(
+            position(&node.commands, &node.keys, &alice).await.unwrap(),
+            Some(Position {
+                epoch: epoch.clone(),
+                seq: 10
+            })
+        );
+        assert_eq!(
+            seqs(&node, &alice, &epoch, 0, 10).await,
+            Some((1..=10).collect())
+        );
+        assert_eq!(
+            seqs(&node, &alice, &epoch, 3, 7).await,
+            Some(vec![4, 5, 6, 7])
+        );
+        assert_eq!(seqs(&node, &alice, &epoch, 10, 10).await, Some(vec![]));
+        assert_eq!(
+            seqs(&node, &alice, &epoch, 0, 11).await,
+            None,
+            "seq 11 does not exist"
+        );
+        assert_eq!(
+            seqs(&node, &alice, &epoch, 7, 3).await,
+            None,
+            "a backwards range"
+        );
+        assert_eq!(
+            seqs(&node, &alice, "another", 0, 10).await,
+            None,
+            "another epoch"
+        );
+        assert_eq!(
+            seqs(&node, &user("bob"), &epoch, 0, 1).await,
+            None,
+            "another user"
+        );
+        let texts: Vec<String> = range(&node.commands, &node.keys, &alice, &epoch, 8, 10, 50)
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(text_of)
+            .collect();
+        assert_eq!(texts, ["event 8", "event 9"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_is_bounded_and_a_trimmed_range_is_refused() {
+        let redis = TestRedis::start();
+        let node = node(&RedisConfig {
+            history_max_events: 5,
+            ..config(&redis, "n1")
+        });
+        let alice = user("alice");
+        let epoch = publish(&node, &alice, 300).await;
+        // Longer than the read bound (50 in `seqs`): refused without reading.
+        assert_eq!(seqs(&node, &alice, &epoch, 200, 251).await, None);
+        // The stream keeps at least the last 5 (MAXLEN ~ trims whole nodes of it).
+        assert_eq!(
+            seqs(&node, &alice, &epoch, 295, 300).await,
+            Some((296..=300).collect())
+        );
+        let held: u64 = node
+            .commands
+            .query(redis::cmd("XLEN").arg(node.keys.user(&alice).history))
+            .await
+            .unwrap();
+        assert!(held < 300, "the stream was trimmed");
+        let oldest_gone = 300 - held;
+        assert_eq!(
+            seqs(&node, &alice, &epoch, oldest_gone - 1, oldest_gone + 10).await,
+            None
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_expires_with_its_user() {
+        let redis = TestRedis::start();
+        let node = node(&RedisConfig {
+            history_ttl: Duration::from_millis(100),
+            ..config(&redis, "n1")
+        });
+        let alice = user("alice");
+        let epoch = publish(&node, &alice, 3).await;
+        let mut gone = false;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !gone {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "history never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            gone = position(&node.commands, &node.keys, &alice)
+                .await
+                .unwrap()
+                .is_none();
+        }
+        assert_eq!(seqs(&node, &alice, &epoch, 0, 3).await, None);
+        let history_keys: u64 = node
+            .commands
+            .query(redis::cmd("EXISTS").arg(node.keys.user(&alice).history))
+            .await
+            .unwrap();
+        assert_eq!(history_keys, 0, "the stream expired too");
+    }
+}

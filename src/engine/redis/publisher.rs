@@ -325,3 +325,150 @@ async fn send(node: Arc<Node>, user: UserId, events: Vec<OutgoingEvent>) -> (Use
     }
     (user, events.len(), bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_server::TestRedis;
+    use super::super::testing::*;
+    use super::super::{RedisConfig, RedisEngine};
+    use super::*;
+    use crate::event::RunMeta;
+
+    fn texts(events: &[super::super::NumberedEvent]) -> Vec<String> {
+        events.iter().map(text_of).collect()
+    }
+
+    async fn stored_texts(engine: &RedisEngine, user: &UserId, upto: u64) -> Vec<String> {
+        let position = engine.position(user).await.unwrap().expect("a position");
+        assert_eq!(position.seq, upto, "{user:?}'s events numbered once each");
+        let events = engine
+            .history(user, &position.epoch, 0, upto)
+            .await
+            .unwrap()
+            .expect("the whole history");
+        texts(&events)
+    }
+
+    fn enqueue(engine: &RedisEngine, user: &UserId, meta: &RunMeta, text: String) {
+        let event = outgoing(user, meta, &thinking(text));
+        assert!(engine.publisher().enqueue(event).is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_at_once_and_makes_room_when_redis_is_back() {
+        let redis = TestRedis::start();
+        let engine = engine(
+            RedisConfig {
+                queue_capacity: 3,
+                ..config(&redis, "n1")
+            },
+            Recorder::new(),
+        );
+        let alice = user("alice");
+        let meta = run("run_1");
+        redis.pause();
+        for i in 0..3 {
+            enqueue(&engine, &alice, &meta, format!("event {i}"));
+        }
+        assert!(!engine.publisher().has_room(0));
+        match engine
+            .publisher()
+            .enqueue(outgoing(&alice, &meta, &thinking("one too many")))
+        {
+            Err(EnqueueError::Full(event)) => assert_eq!(event.user, alice, "handed back"),
+            other => panic!("expected a full queue, got {other:?}"),
+        }
+        redis.resume();
+        tokio::time::timeout(PATIENCE, engine.publisher().room(0))
+            .await
+            .expect("room once Redis is back");
+        flushed(&engine).await;
+        assert_eq!(
+            stored_texts(&engine, &alice, 3).await,
+            ["event 0", "event 1", "event 2"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_redis_delays_events_but_loses_and_repeats_none() {
+        let redis = TestRedis::start();
+        let recorder = Recorder::new();
+        let engine = engine(config(&redis, "n1"), recorder.clone());
+        let users = [user("alice"), user("bob")];
+        for user in &users {
+            subscribe(&engine, user).await;
+        }
+        let meta = run("run_1");
+        for i in 0..10 {
+            for user in &users {
+                enqueue(&engine, user, &meta, format!("{user} {i}"));
+            }
+        }
+        flushed(&engine).await;
+        redis.pause();
+        for i in 10..50 {
+            for user in &users {
+                enqueue(&engine, user, &meta, format!("{user} {i}"));
+            }
+        }
+        // Long enough for calls to time out and be retried, the command connection to be
+        // replaced, and the subscriber's ping to time out.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        redis.resume();
+        flushed(&engine).await;
+        for user in &users {
+            let expected: Vec<String> = (0..50).map(|i| format!("{user} {i}")).collect();
+            assert_eq!(stored_texts(&engine, user, 50).await, expected);
+        }
+        eventually("the subscriber to come back", || {
+            recorder.resubscribed_count() >= 2 && engine.subscriber().is_connected()
+        })
+        .await;
+        // What the subscriber received is in order and without repeats (what it missed
+        // while reconnecting is the receiver's to read from history).
+        for user in &users {
+            let seqs = recorder.seqs(user);
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+            assert!(seqs.iter().all(|&seq| (1..=50).contains(&seq)));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_users_events_keep_their_order_and_go_in_batches() {
+        let redis = TestRedis::start();
+        let counter = Arc::new(BatchCounter::default());
+        let engine = RedisEngine::start(
+            RedisConfig {
+                max_batch_events: 16,
+                ..config(&redis, "n1")
+            },
+            Recorder::new(),
+            counter.clone(),
+        )
+        .unwrap();
+        let users: Vec<UserId> = (0..5).map(|i| user(&format!("user {i}"))).collect();
+        let meta = run("run_1");
+        for user in &users {
+            enqueue(&engine, user, &meta, "warm-up".into());
+        }
+        flushed(&engine).await;
+        // While Redis is paused every user's events pile up behind its first batch.
+        redis.pause();
+        counter.batches.store(0, Ordering::SeqCst);
+        for i in 0..200 {
+            for user in &users {
+                enqueue(&engine, user, &meta, format!("{user} {i}"));
+            }
+        }
+        redis.resume();
+        flushed(&engine).await;
+        for user in &users {
+            let mut expected = vec!["warm-up".to_owned()];
+            expected.extend((0..200).map(|i| format!("{user} {i}")));
+            assert_eq!(stored_texts(&engine, user, 201).await, expected);
+        }
+        // At most one batch stuck while paused, then full batches of 16: 1 + 13 per user.
+        let batches = counter.batches.load(Ordering::SeqCst);
+        assert!(batches <= 5 * 14, "{batches} batches for 1,000 events");
+    }
+}

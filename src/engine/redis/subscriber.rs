@@ -248,3 +248,80 @@ fn handle(shared: &Shared, message: Msg) {
         shared.node.monitor.error(Part::Subscribe, &error.into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_server::TestRedis;
+    use super::super::testing::*;
+    use super::super::RedisEngine;
+    use super::*;
+
+    fn publish(engine: &RedisEngine, user: &UserId, texts: impl IntoIterator<Item = String>) {
+        let meta = super::super::testing::run("run_1");
+        for text in texts {
+            let event = outgoing(user, &meta, &thinking(text));
+            assert!(engine.publisher().enqueue(event).is_ok());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_users_events_arrive_in_order() {
+        let redis = TestRedis::start();
+        let recorder = Recorder::new();
+        let engine = engine(config(&redis, "n1"), recorder.clone());
+        let alice = user("alice");
+        subscribe(&engine, &alice).await;
+        publish(&engine, &alice, (0..100).map(|i| format!("event {i}")));
+        eventually("100 events", || recorder.events(&alice).len() >= 100).await;
+        let events = recorder.events(&alice);
+        assert_eq!(recorder.seqs(&alice), (1..=100).collect::<Vec<_>>());
+        let expected: Vec<String> = (0..100).map(|i| format!("event {i}")).collect();
+        assert_eq!(events.iter().map(text_of).collect::<Vec<_>>(), expected);
+        assert!(events.iter().all(|e| e.epoch == events[0].epoch));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_redis_is_resubscribed_and_reported() {
+        let mut redis = TestRedis::start();
+        let recorder = Recorder::new();
+        let engine = engine(config(&redis, "n1"), recorder.clone());
+        let alice = user("alice");
+        subscribe(&engine, &alice).await;
+        publish(&engine, &alice, (0..5).map(|i| format!("before {i}")));
+        eventually("the first events", || recorder.events(&alice).len() == 5).await;
+        let reported = recorder.resubscribed_count();
+        redis.restart();
+        eventually("the reconnect to be reported", || {
+            recorder.resubscribed_count() > reported && engine.subscriber().is_connected()
+        })
+        .await;
+        publish(&engine, &alice, (0..5).map(|i| format!("after {i}")));
+        eventually("the later events", || recorder.events(&alice).len() == 10).await;
+        let events = recorder.events(&alice);
+        assert_ne!(
+            events[5].epoch, events[4].epoch,
+            "Redis lost everything: a new epoch"
+        );
+        assert_eq!(recorder.seqs(&alice)[5..], [1, 2, 3, 4, 5]);
+        assert_eq!(text_of(&events[9]), "after 4");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unsubscribed_user_is_not_delivered() {
+        let redis = TestRedis::start();
+        let recorder = Recorder::new();
+        let engine = engine(config(&redis, "n1"), recorder.clone());
+        let (alice, bob) = (user("alice"), user("bob"));
+        subscribe(&engine, &alice).await;
+        subscribe(&engine, &bob).await;
+        engine.subscriber().unsubscribe(&alice).await.unwrap();
+        assert_eq!(engine.subscriber().subscribed_users(), 1);
+        publish(&engine, &alice, ["for alice".to_owned()]);
+        flushed(&engine).await;
+        publish(&engine, &bob, ["for bob".to_owned()]);
+        // Both were published on one connection in this order: once bob's arrived, alice's
+        // would have too.
+        eventually("bob's event", || recorder.events(&bob).len() == 1).await;
+        assert!(recorder.events(&alice).is_empty());
+    }
+}

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use super::test_server::TestRedis;
-use super::{Inbound, NoMonitor, Node, NumberedEvent, OutgoingEvent, RedisConfig};
+use super::{
+    BatchOutcome, Inbound, Monitor, NoMonitor, Node, NumberedEvent, OutgoingEvent, RedisConfig,
+    RedisEngine,
+};
 use crate::envelope::RunFields;
 use crate::event::{AgentCompleted, AgentEvent, AgentStarted, AgentThinking, RunMeta};
 use crate::ids::UserId;
@@ -38,6 +41,37 @@ pub(crate) fn config(redis: &TestRedis, node_id: &str) -> RedisConfig {
 /// A node's shared state, without its tasks.
 pub(crate) fn node(config: &RedisConfig) -> Arc<Node> {
     Node::new(config, Arc::new(NoMonitor)).expect("valid settings")
+}
+
+/// A running engine that hands what it receives to `inbound`.
+pub(crate) fn engine(config: RedisConfig, inbound: Arc<dyn Inbound>) -> RedisEngine {
+    RedisEngine::start(config, inbound, Arc::new(NoMonitor)).expect("valid settings")
+}
+
+/// Subscribes `engine` to `user`'s events, waiting for the subscriber to be connected.
+pub(crate) async fn subscribe(engine: &RedisEngine, user: &UserId) {
+    let deadline = Instant::now() + PATIENCE;
+    while let Err(error) = engine.subscriber().subscribe(user).await {
+        assert!(Instant::now() < deadline, "could not subscribe: {error}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until everything `engine` queued is published.
+pub(crate) async fn flushed(engine: &RedisEngine) {
+    eventually("the queue to drain", || engine.publisher().queued() == 0).await;
+}
+
+/// A monitor that counts published batches.
+#[derive(Default)]
+pub(crate) struct BatchCounter {
+    pub batches: AtomicUsize,
+}
+
+impl Monitor for BatchCounter {
+    fn published(&self, _: &UserId, _: &BatchOutcome, _: Duration) {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 pub(crate) fn user(name: &str) -> UserId {
