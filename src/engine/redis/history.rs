@@ -141,7 +141,7 @@ mod tests {
     /// Publishes `count` thinking events of `user` (in batches of up to 100), numbered after
     /// `first_batch`; returns the epoch.
     async fn publish(node: &Node, user: &UserId, count: usize) -> Arc<str> {
-        let meta = run("run_1");
+        let meta = run_meta("run_1");
         let events: Vec<OutgoingEvent> = (0..count)
             .map(|i| outgoing(user, &meta, &thinking(format!("event {i}"))))
             .collect();

@@ -140,3 +140,93 @@ pub(crate) async fn release(node: &Node) -> Result<bool, EngineError> {
     node.commands.pipeline::<()>(&pipeline).await?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::super::record::node_run_member;
+    use super::super::test_server::TestRedis;
+    use super::super::testing::*;
+    use super::super::{Monitor, RedisEngine};
+    use super::*;
+
+    #[test]
+    fn sweeping_waits_for_a_healthy_lease_ttl() {
+        let health = Health::default();
+        assert!(!health.may_sweep(Duration::ZERO), "no refresh yet");
+        health.record(true);
+        assert!(health.may_sweep(Duration::ZERO));
+        assert!(!health.may_sweep(Duration::from_secs(3600)));
+        health.record(false);
+        assert!(
+            !health.may_sweep(Duration::ZERO),
+            "a failed refresh starts over"
+        );
+    }
+
+    #[derive(Default)]
+    struct LeaseWatch {
+        lost: AtomicUsize,
+    }
+
+    impl Monitor for LeaseWatch {
+        fn lease_lost(&self) {
+            self.lost.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_lease_is_reported_and_taken_again_with_the_live_runs() {
+        let redis = TestRedis::start();
+        let watch = Arc::new(LeaseWatch::default());
+        let engine =
+            RedisEngine::start(config(&redis, "a"), Recorder::new(), watch.clone()).unwrap();
+        let alice = user("alice");
+        let meta = run_meta("run_1");
+        assert!(engine
+            .publisher()
+            .enqueue(outgoing(&alice, &meta, &started()))
+            .is_ok());
+        flushed(&engine).await;
+        let node = &engine.node;
+        let lease = node.keys.lease("a");
+        let runs = node.keys.node_runs("a");
+        let exists = |key: String| async move {
+            node.commands
+                .query::<bool>(redis::cmd("EXISTS").arg(key))
+                .await
+                .unwrap()
+        };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !exists(lease.clone()).await {
+            assert!(std::time::Instant::now() < deadline, "no lease taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            watch.lost.load(Ordering::SeqCst),
+            0,
+            "taking the first lease is no loss"
+        );
+        // As if Redis lost its data.
+        node.commands
+            .query::<()>(redis::cmd("DEL").arg(&lease).arg(&runs))
+            .await
+            .unwrap();
+        eventually("the loss to be reported", || {
+            watch.lost.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert!(exists(lease.clone()).await, "a new lease");
+        let member: bool = node
+            .commands
+            .query(
+                redis::cmd("SISMEMBER")
+                    .arg(&runs)
+                    .arg(node_run_member(&alice, "run_1")),
+            )
+            .await
+            .unwrap();
+        assert!(member, "the live run is back in the node's set");
+    }
+}

@@ -365,7 +365,7 @@ mod tests {
             Recorder::new(),
         );
         let alice = user("alice");
-        let meta = run("run_1");
+        let meta = run_meta("run_1");
         redis.pause();
         for i in 0..3 {
             enqueue(&engine, &alice, &meta, format!("event {i}"));
@@ -398,7 +398,7 @@ mod tests {
         for user in &users {
             subscribe(&engine, user).await;
         }
-        let meta = run("run_1");
+        let meta = run_meta("run_1");
         for i in 0..10 {
             for user in &users {
                 enqueue(&engine, user, &meta, format!("{user} {i}"));
@@ -447,7 +447,7 @@ mod tests {
         )
         .unwrap();
         let users: Vec<UserId> = (0..5).map(|i| user(&format!("user {i}"))).collect();
-        let meta = run("run_1");
+        let meta = run_meta("run_1");
         for user in &users {
             enqueue(&engine, user, &meta, "warm-up".into());
         }

@@ -373,7 +373,7 @@ mod tests {
         let redis = TestRedis::start();
         let node = node(&config(&redis, "n1"));
         let alice = user("alice");
-        let meta = run("run_1");
+        let meta = run_meta("run_1");
         let batch = [
             outgoing(&alice, &meta, &started()),
             outgoing(&alice, &meta, &thinking("x")),
@@ -395,7 +395,7 @@ mod tests {
         let redis = TestRedis::start();
         let n1 = node(&config(&redis, "n1"));
         let alice = user("alice");
-        let meta = run("run_1");
+        let meta = run_meta("run_1");
         let runs_key = n1.keys.user(&alice).runs;
         let live = || async {
             let value: Option<Vec<u8>> = n1
@@ -431,7 +431,7 @@ mod tests {
         let n1 = node(&config(&redis, "n1"));
         let n2 = node(&config(&redis, "n2"));
         let alice = user("alice");
-        let meta = run("run_1");
+        let meta = run_meta("run_1");
         apply(&n1, 1, None, &[outgoing(&alice, &meta, &started())])
             .await
             .unwrap();
@@ -469,7 +469,7 @@ mod tests {
         let mut redis = TestRedis::start();
         let node = node(&config(&redis, "n1"));
         let alice = user("alice");
-        let meta = run("run_1");
+        let meta = run_meta("run_1");
         let before = apply(&node, 1, None, &[outgoing(&alice, &meta, &started())])
             .await
             .unwrap();

@@ -47,3 +47,61 @@ pub(crate) async fn stop(
         delivered: receivers > 0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_server::TestRedis;
+    use super::super::testing::*;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_reaches_the_owning_node_and_only_for_the_runs_user() {
+        let redis = TestRedis::start();
+        let (owner_seen, asker_seen) = (Recorder::new(), Recorder::new());
+        let owner = engine(config(&redis, "a"), owner_seen.clone());
+        let asker = engine(config(&redis, "b"), asker_seen.clone());
+        let (alice, bob) = (user("alice"), user("bob"));
+        let meta = run_meta("run_1");
+        assert!(owner
+            .publisher()
+            .enqueue(outgoing(&alice, &meta, &started()))
+            .is_ok());
+        flushed(&owner).await;
+        eventually("the owner's subscriber", || {
+            owner.subscriber().is_connected()
+        })
+        .await;
+
+        assert_eq!(
+            asker.stop(&alice, "run_1").await.unwrap(),
+            StopOutcome::Sent {
+                node: "a".into(),
+                delivered: true
+            }
+        );
+        eventually("the owner to be asked", || !owner_seen.stops().is_empty()).await;
+        assert_eq!(owner_seen.stops(), [(alice.clone(), "run_1".to_owned())]);
+        assert!(asker_seen.stops().is_empty());
+
+        // Another user cannot reach alice's run, and unknown runs are unknown.
+        assert_eq!(
+            asker.stop(&bob, "run_1").await.unwrap(),
+            StopOutcome::NotFound
+        );
+        assert_eq!(
+            asker.stop(&alice, "run_2").await.unwrap(),
+            StopOutcome::NotFound
+        );
+        // A run that ended is no longer live.
+        assert!(owner
+            .publisher()
+            .enqueue(outgoing(&alice, &meta, &completed()))
+            .is_ok());
+        flushed(&owner).await;
+        assert_eq!(
+            asker.stop(&alice, "run_1").await.unwrap(),
+            StopOutcome::NotFound
+        );
+        assert_eq!(owner_seen.stops().len(), 1);
+    }
+}

@@ -257,7 +257,7 @@ mod tests {
     use super::*;
 
     fn publish(engine: &RedisEngine, user: &UserId, texts: impl IntoIterator<Item = String>) {
-        let meta = super::super::testing::run("run_1");
+        let meta = run_meta("run_1");
         for text in texts {
             let event = outgoing(user, &meta, &thinking(text));
             assert!(engine.publisher().enqueue(event).is_ok());

@@ -174,3 +174,148 @@ async fn end_run(node: &Node, dead: &str, member: &[u8]) -> Result<bool, EngineE
     let outcome = node.script.run(&node.commands, &batch).await?;
     Ok(outcome.seqs.first().copied().flatten().is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::NumberedEvent;
+    use super::super::test_server::TestRedis;
+    use super::super::testing::*;
+    use super::super::RedisEngine;
+    use super::*;
+    use crate::event::RunMeta;
+    use crate::ids::UserId;
+
+    fn publish(engine: &RedisEngine, user: &UserId, meta: &RunMeta, event: AgentEvent) {
+        assert!(engine
+            .publisher()
+            .enqueue(outgoing(user, meta, &event))
+            .is_ok());
+    }
+
+    /// Every event of `user` stored so far.
+    async fn stored(engine: &RedisEngine, user: &UserId) -> Vec<NumberedEvent> {
+        let Some(position) = engine.position(user).await.unwrap() else {
+            return Vec::new();
+        };
+        engine
+            .history(user, &position.epoch, 0, position.seq)
+            .await
+            .unwrap()
+            .expect("the whole history")
+    }
+
+    /// The runs `events` ended with `node_lost`, checking each error's envelope.
+    fn lost_runs(events: &[NumberedEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.wire_type == "agent_error")
+            .map(|e| {
+                let frame: serde_json::Value = serde_json::from_str(&e.frame).unwrap();
+                assert_eq!(frame["data"]["code"], "node_lost");
+                assert_eq!(frame["data"]["message"], NODE_LOST_MESSAGE);
+                assert_eq!(frame["run_id"], *e.run_id);
+                assert_eq!(frame["thread_id"], *e.thread_id);
+                assert_eq!(frame["thread_id"], run_meta(&e.run_id).thread_id);
+                assert_eq!(frame["agent_name"], "tester");
+                e.run_id.to_string()
+            })
+            .collect()
+    }
+
+    async fn is_member(engine: &RedisEngine, node: &str) -> bool {
+        let keys = &engine.node.keys;
+        engine
+            .node
+            .commands
+            .query(redis::cmd("SISMEMBER").arg(keys.nodes()).arg(node))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_nodes_live_runs_end_once_with_node_lost() {
+        let redis = TestRedis::start();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let watchers: Vec<(RedisEngine, _)> = ["b", "c"]
+            .iter()
+            .map(|id| {
+                let recorder = Recorder::new();
+                (engine(config(&redis, id), recorder.clone()), recorder)
+            })
+            .collect();
+        for (engine, _) in &watchers {
+            subscribe(engine, &alice).await;
+        }
+        let doomed = engine(config(&redis, "a"), Recorder::new());
+        let (run_1, run_2, run_3) = (run_meta("run_1"), run_meta("run_2"), run_meta("run_3"));
+        publish(&doomed, &alice, &run_1, started());
+        publish(&doomed, &alice, &run_1, thinking("working"));
+        publish(&doomed, &alice, &run_2, started());
+        publish(&doomed, &bob, &run_3, started());
+        publish(&doomed, &bob, &run_3, completed());
+        flushed(&doomed).await;
+        let (checker, _) = &watchers[0];
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !is_member(checker, "a").await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node took no lease"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(doomed); // a crash: the lease is left to expire
+
+        for (_, recorder) in &watchers {
+            eventually("both watchers to see both runs end", || {
+                lost_runs(&recorder.events(&alice)).len() >= 2
+            })
+            .await;
+        }
+        let mut lost = lost_runs(&stored(checker, &alice).await);
+        lost.sort();
+        assert_eq!(lost, ["run_1", "run_2"], "each run ended once");
+        assert!(
+            lost_runs(&stored(checker, &bob).await).is_empty(),
+            "run_3 had ended"
+        );
+        for (_, recorder) in &watchers {
+            let mut seen = lost_runs(&recorder.events(&alice));
+            seen.sort();
+            assert_eq!(seen, ["run_1", "run_2"]);
+        }
+        // Once forgotten, the dead node is swept no more.
+        while is_member(checker, "a").await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dead node was never forgotten"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (engine, _) in &watchers {
+            assert_eq!(sweep(&engine.node).await.unwrap(), 0);
+        }
+        assert_eq!(lost_runs(&stored(checker, &alice).await).len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sweepers_racing_end_each_run_once() {
+        let redis = TestRedis::start();
+        let alice = user("alice");
+        let doomed = engine(config(&redis, "a"), Recorder::new());
+        let runs: Vec<RunMeta> = (0..20).map(|i| run_meta(&format!("run_{i}"))).collect();
+        for meta in &runs {
+            publish(&doomed, &alice, meta, started());
+        }
+        flushed(&doomed).await;
+        drop(doomed);
+        let (b, c) = (node(&config(&redis, "b")), node(&config(&redis, "c")));
+        let (ended_b, ended_c) = tokio::join!(sweep_node(&b, "a"), sweep_node(&c, "a"));
+        assert_eq!(ended_b.unwrap() + ended_c.unwrap(), 20);
+        let position = super::super::history::position(&b.commands, &b.keys, &alice)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(position.seq, 40, "20 starts and 20 errors, no more");
+        assert_eq!(sweep_node(&b, "a").await.unwrap(), 0);
+    }
+}

@@ -78,7 +78,7 @@ pub(crate) fn user(name: &str) -> UserId {
     UserId::new(name).expect("a valid user id")
 }
 
-pub(crate) fn run(run_id: &str) -> RunMeta {
+pub(crate) fn run_meta(run_id: &str) -> RunMeta {
     RunMeta {
         run_id: run_id.into(),
         thread_id: format!("thread of {run_id}"),
