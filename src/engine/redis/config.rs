@@ -30,15 +30,18 @@ pub(crate) struct RedisConfig {
     /// How many events each user's history stream keeps at least (trimmed with `MAXLEN ~`,
     /// so it may hold up to about 100 more). Default 1,000.
     pub history_max_events: usize,
-    /// A user's history and numbering are deleted this long after the user's last event,
-    /// so history is not kept for users nobody reads. Default 5 min.
+    /// A user's history stream is deleted this long after the user's last event, so history
+    /// is not kept for users nobody reads. Default 5 min.
     pub history_ttl: Duration,
     /// The most events one history read returns; a longer range is refused (the caller
     /// resyncs). Default 1,000.
     pub history_max_read: usize,
-    /// A backstop for the user's live-runs hash (runs leave it when they end or their node
-    /// is swept): deleted this long after the user's last event. Default 24 h.
-    pub runs_ttl: Duration,
+    /// A user's numbering (epoch and last seq, a few dozen bytes) and live runs are deleted
+    /// this long after the user's last event, so a user whose history expired keeps its
+    /// epoch and seq (connected sockets see no epoch change; a resume that missed nothing
+    /// still succeeds). Runs leave the live runs when they end or their node is swept: this
+    /// is only a backstop. Default 24 h.
+    pub state_ttl: Duration,
     /// Events queued for publishing, at most (all users of the node). Default 65,536.
     pub queue_capacity: usize,
     /// The same bound in bytes of encoded events. Default 64 MiB.
@@ -79,7 +82,7 @@ impl RedisConfig {
             history_max_events: 1_000,
             history_ttl: Duration::from_secs(300),
             history_max_read: 1_000,
-            runs_ttl: Duration::from_secs(24 * 3600),
+            state_ttl: Duration::from_secs(24 * 3600),
             queue_capacity: 65_536,
             queue_capacity_bytes: 64 << 20,
             max_batch_events: 256,
@@ -118,8 +121,8 @@ impl RedisConfig {
                 "history_max_read must be at least 1",
             ),
             (
-                self.history_ttl >= Duration::from_millis(1) && self.runs_ttl >= self.history_ttl,
-                "history_ttl must be at least 1 ms and runs_ttl at least history_ttl",
+                self.history_ttl >= Duration::from_millis(1) && self.state_ttl >= self.history_ttl,
+                "history_ttl must be at least 1 ms and state_ttl at least history_ttl",
             ),
             (
                 self.queue_capacity >= 1 && self.queue_capacity_bytes >= 1,
@@ -204,7 +207,7 @@ mod tests {
                 ..base.clone()
             },
             RedisConfig {
-                runs_ttl: Duration::from_secs(1),
+                state_ttl: Duration::from_secs(1),
                 ..base.clone()
             },
             RedisConfig {

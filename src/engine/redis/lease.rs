@@ -64,6 +64,7 @@ pub(crate) async fn run(node: Arc<Node>, timings: LeaseTimings, health: Arc<Heal
         match refresh(&node, timings, held).await {
             Ok(()) => {
                 held = true;
+                node.set_lease_taken();
                 health.record(started.elapsed() <= timings.refresh);
             }
             Err(error) => {
@@ -228,5 +229,58 @@ mod tests {
             .await
             .unwrap();
         assert!(member, "the live run is back in the node's set");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_run_starts_before_the_node_holds_its_lease() {
+        let redis = TestRedis::start();
+        let setup = node(&config(&redis, "setup"));
+        // A nodes set of the wrong type: the lease cannot be taken.
+        setup
+            .commands
+            .query::<()>(redis::cmd("SET").arg(setup.keys.nodes()).arg("blocked"))
+            .await
+            .unwrap();
+        let engine = engine(config(&redis, "a"), Recorder::new());
+        let (alice, bob) = (user("alice"), user("bob"));
+        let publisher = engine.publisher();
+        assert!(publisher
+            .enqueue(outgoing(&alice, &run_meta("run_1"), &started()))
+            .is_ok());
+        assert!(publisher
+            .enqueue(outgoing(&bob, &run_meta("run_2"), &thinking("x")))
+            .is_ok());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while engine.position(&bob).await.unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bob's event was not published"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            engine.position(&alice).await.unwrap(),
+            None,
+            "alice's run waits"
+        );
+        setup
+            .commands
+            .query::<()>(redis::cmd("DEL").arg(setup.keys.nodes()))
+            .await
+            .unwrap();
+        flushed(&engine).await;
+        assert_eq!(
+            engine.position(&alice).await.unwrap().map(|p| p.seq),
+            Some(1)
+        );
+        let known: bool = setup
+            .commands
+            .query(redis::cmd("SISMEMBER").arg(setup.keys.nodes()).arg("a"))
+            .await
+            .unwrap();
+        assert!(
+            known,
+            "the node the run started on is known to the sweepers"
+        );
     }
 }

@@ -59,11 +59,12 @@ pub(crate) mod test_server;
 mod testing;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 pub(crate) use config::{ConfigError, RedisConfig};
 pub(crate) use error::EngineError;
@@ -97,6 +98,10 @@ pub(crate) struct Node {
     /// This node's live runs, as members of its runs set: put back in the set when the node
     /// finds its lease lost.
     live_runs: Mutex<HashSet<Vec<u8>>>,
+    /// Set once the node has taken its lease: until then a run may not start, since a
+    /// sweeper would not know the node (nor could tell it from a dead one).
+    lease_taken: AtomicBool,
+    lease_taken_notify: Notify,
     retry_min: Duration,
     retry_max: Duration,
 }
@@ -122,14 +127,33 @@ impl Node {
             script: PublishScript::new(ScriptSettings {
                 history_max_events: config.history_max_events,
                 history_ttl: config.history_ttl,
-                runs_ttl: config.runs_ttl,
+                state_ttl: config.state_ttl,
             }),
             monitor,
             batch_numbers: AtomicU64::new(0),
             live_runs: Mutex::new(HashSet::new()),
+            lease_taken: AtomicBool::new(false),
+            lease_taken_notify: Notify::new(),
             retry_min: config.retry_min,
             retry_max: config.retry_max,
         }))
+    }
+
+    fn set_lease_taken(&self) {
+        if !self.lease_taken.swap(true, Ordering::AcqRel) {
+            self.lease_taken_notify.notify_waiters();
+        }
+    }
+
+    /// Completes once the node has taken its lease.
+    async fn lease_taken(&self) {
+        loop {
+            let taken = self.lease_taken_notify.notified();
+            if self.lease_taken.load(Ordering::Acquire) {
+                return;
+            }
+            taken.await;
+        }
     }
 
     fn next_batch_number(&self) -> u64 {

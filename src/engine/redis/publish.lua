@@ -5,7 +5,8 @@
 -- KEYS: 1 meta (hash: e = epoch, s = last seq), 2 history (stream), 3 runs (hash: live
 --       runs), 4 lost (hash: runs ended with node_lost), 5 batch (this node's last batch)
 -- ARGV: 1 node id, 2 batch number, 3 epoch to start if there is none, 4 history max
---       events, 5 history TTL (ms), 6 runs TTL (ms), 7 batch record TTL (ms), 8 channel,
+--       events, 5 history TTL (ms), 6 state TTL (ms: meta, runs, lost), 7 batch record
+--       TTL (ms), 8 channel,
 --       9 lost node ('' unless a sweeper ends that node's runs),
 --       then 7 per event: step, wire type, run id, thread id, emission time (us),
 --       length of the run fields at the start of the tail, tail.
@@ -90,8 +91,8 @@ if #records > 0 then
   redis.call('HSET', meta, 's', string.format('%d', seq))
   redis.call('PUBLISH', ARGV[8], 'aw1' .. table.concat(records))
 end
-redis.call('PEXPIRE', meta, ARGV[5])
 redis.call('PEXPIRE', history, ARGV[5])
+redis.call('PEXPIRE', meta, ARGV[6])
 redis.call('PEXPIRE', runs, ARGV[6])
 
 local result = table.concat(seqs, ',')

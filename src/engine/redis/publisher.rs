@@ -280,7 +280,11 @@ async fn send(node: Arc<Node>, user: UserId, events: Vec<OutgoingEvent>) -> (Use
         .filter(|e| e.step == Step::End)
         .map(member)
         .collect();
-    node.live_runs.lock().extend(add.iter().cloned());
+    if !add.is_empty() {
+        // A run starts only on a node the sweepers know.
+        node.lease_taken().await;
+        node.live_runs.lock().extend(add.iter().cloned());
+    }
     let batch = Batch {
         keys: &keys,
         node: &node.id,

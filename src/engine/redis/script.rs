@@ -155,7 +155,7 @@ pub(crate) struct BatchOutcome {
 pub(crate) struct ScriptSettings {
     pub history_max_events: usize,
     pub history_ttl: Duration,
-    pub runs_ttl: Duration,
+    pub state_ttl: Duration,
 }
 
 /// A batch to apply.
@@ -214,7 +214,7 @@ impl PublishScript {
             .arg(crate::ids::new_epoch())
             .arg(settings.history_max_events)
             .arg(millis(settings.history_ttl))
-            .arg(millis(settings.runs_ttl))
+            .arg(millis(settings.state_ttl))
             .arg(millis(BATCH_RECORD_TTL))
             .arg(&batch.keys.events)
             .arg(batch.lost_node.unwrap_or(""));
