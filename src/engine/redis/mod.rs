@@ -31,6 +31,10 @@
 //! sweeper) on the current tokio runtime; dropping the engine stops them (a crash, to the
 //! other nodes, once its lease expires); [`RedisEngine::shutdown`] flushes and leaves.
 //!
+//! The key layout is ready for Redis Cluster (every key the script touches is in its user's
+//! slot); the engine itself connects to one Redis server (a primary, or a proxy in front of
+//! a cluster).
+//!
 //! What a user sees when Redis fails: while Redis is unreachable or stalled, events queue
 //! (bounded) and are published in order once it is back, each once; a full queue is an
 //! error the emitter handles. When Redis comes back empty, the next event of each user

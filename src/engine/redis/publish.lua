@@ -50,11 +50,17 @@ local owner = lp(ARGV[1])
 local lost_owner = ARGV[9] ~= '' and lp(ARGV[9]) or nil
 local epoch_field = lp(epoch)
 local records, seqs = {}, {}
+-- Per run of the batch: its live-runs entry (false: none) and whether it was lost, read
+-- from Redis once per batch, not once per event.
+local live_of, lost_of = {}, {}
 
 for i = 10, #ARGV, 7 do
   local step, kind, run, thread = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local micros, fields_len, tail = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
-  local live = redis.call('HGET', runs, run)
+  if live_of[run] == nil then
+    live_of[run] = redis.call('HGET', runs, run)
+  end
+  local live = live_of[run]
   local publish = true
   if step == 'x' then
     publish = live and lost_owner and string.sub(live, 1, #lost_owner) == lost_owner
@@ -62,17 +68,26 @@ for i = 10, #ARGV, 7 do
       redis.call('HDEL', runs, run)
       redis.call('HSET', lost, run, ARGV[1])
       redis.call('PEXPIRE', lost, ARGV[6])
+      live_of[run], lost_of[run] = false, true
     end
-  elseif not live and redis.call('HEXISTS', lost, run) == 1 then
-    -- The run was ended with node_lost: its owner came back too late.
-    publish = false
-  elseif step == 'e' then
-    if live then
-      redis.call('HDEL', runs, run)
+  else
+    if not live and lost_of[run] == nil then
+      lost_of[run] = redis.call('HEXISTS', lost, run) == 1
     end
-  elseif not live then
-    -- A run's first event, or a later one after the runs hash was lost or expired.
-    redis.call('HSET', runs, run, owner .. lp(thread) .. string.sub(tail, 1, fields_len))
+    if not live and lost_of[run] then
+      -- The run was ended with node_lost: its owner came back too late.
+      publish = false
+    elseif step == 'e' then
+      if live then
+        redis.call('HDEL', runs, run)
+        live_of[run] = false
+      end
+    elseif not live then
+      -- A run's first event, or a later one after the runs hash was lost or expired.
+      live = owner .. lp(thread) .. string.sub(tail, 1, fields_len)
+      redis.call('HSET', runs, run, live)
+      live_of[run] = live
+    end
   end
   if publish then
     seq = seq + 1
