@@ -283,4 +283,66 @@ mod tests {
             "the node the run started on is known to the sweepers"
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_shutdown_leaves_unless_a_run_is_live() {
+        let redis = TestRedis::start();
+        let observer = node(&config(&redis, "observer"));
+        let alice = user("alice");
+        let known = |id: &'static str| {
+            let observer = observer.clone();
+            async move {
+                observer
+                    .commands
+                    .pipeline::<(bool, bool)>(
+                        redis::pipe()
+                            .cmd("EXISTS")
+                            .arg(observer.keys.lease(id))
+                            .cmd("SISMEMBER")
+                            .arg(observer.keys.nodes())
+                            .arg(id),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        for (id, ends) in [("done", true), ("busy", false)] {
+            let engine = engine(config(&redis, id), Recorder::new());
+            let meta = run_meta(id);
+            assert!(engine
+                .publisher()
+                .enqueue(outgoing(&alice, &meta, &started()))
+                .is_ok());
+            if ends {
+                assert!(engine
+                    .publisher()
+                    .enqueue(outgoing(&alice, &meta, &completed()))
+                    .is_ok());
+            }
+            assert_eq!(
+                engine.shutdown(PATIENCE).await,
+                0,
+                "everything queued was published"
+            );
+        }
+        assert_eq!(
+            known("done").await,
+            (false, false),
+            "no live run: gone at once"
+        );
+        assert_eq!(
+            known("busy").await,
+            (true, true),
+            "a live run: left for the sweepers"
+        );
+        let position = last_seq(&observer, &alice).await;
+        assert_eq!(position, 3, "both runs' events were published");
+    }
+
+    async fn last_seq(node: &Node, user: &crate::ids::UserId) -> u64 {
+        super::super::history::position(&node.commands, &node.keys, user)
+            .await
+            .unwrap()
+            .map_or(0, |p| p.seq)
+    }
 }
