@@ -2,10 +2,11 @@
 //! events per user that any node can publish to, deliver from and resume from.
 //!
 //! The model is centrifuge's Redis broker (one Lua script numbers, stores and publishes
-//! atomically, so history order is pub/sub order), without its weak points: a gap is
-//! repaired from history instead of disconnecting the client, history expires with its
-//! user, a read is never unbounded, the subscriber resubscribes after every reconnect and
-//! says so, a retried publish applies once, and a run whose node dies still ends.
+//! atomically, so history order is pub/sub order), without its weak points: a receiver that
+//! sees a gap reads exactly the missing range from history (no need to disconnect the
+//! client), history expires when its user goes quiet, a read is never unbounded, the
+//! subscriber resubscribes after every reconnect and says so, a retried publish applies
+//! once, and a run whose node dies still ends.
 //!
 //! The parts, one per file:
 //!

@@ -13,18 +13,18 @@
 -- Steps: s = first event of a run, c = a later one, e = the run's last event,
 --        x = node_lost for a run of the lost node: published only while the run is live
 --            and owned by that node (so several sweepers end a run once).
--- Returns {status, epoch, seqs}: status 'ok', 'new' (a new epoch began), 'dup' (this batch
--- was already applied: its stored result) or 'stale' (a later batch of this node was
--- applied); seqs is the comma-separated seq of each event, 0 for a skipped one.
+-- Returns {status, epoch, seqs}: status 'ok', 'new' (a new epoch began) or 'stale' (a later
+-- batch of this sender was applied); seqs is the comma-separated seq of each event, 0 for
+-- a skipped one. A batch applied before returns what it returned then.
 
 local meta, history, runs, lost, batch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
-local done = redis.call('HMGET', batch, 'n', 'e', 's')
+local done = redis.call('HMGET', batch, 'n', 't', 'e', 's')
 if done[1] then
   local last = tonumber(done[1])
   local this = tonumber(ARGV[2])
   if last == this then
-    return {'dup', done[2], done[3]}
+    return {done[2], done[3], done[4]}
   elseif last > this then
     return {'stale', '', ''}
   end
@@ -111,6 +111,6 @@ redis.call('PEXPIRE', meta, ARGV[6])
 redis.call('PEXPIRE', runs, ARGV[6])
 
 local result = table.concat(seqs, ',')
-redis.call('HSET', batch, 'n', ARGV[2], 'e', epoch, 's', result)
+redis.call('HSET', batch, 'n', ARGV[2], 't', status, 'e', epoch, 's', result)
 redis.call('PEXPIRE', batch, ARGV[7])
 return {status, epoch, result}
