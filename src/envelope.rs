@@ -31,6 +31,12 @@ impl RunFields {
         write_json_str(&mut out, &meta.agent_name);
         RunFields(out)
     }
+
+    /// The encoded fields, as [`encode_tail`] takes them.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// A user actor's epoch and its `"epoch":…`, encoded once, in one allocation: the epoch
@@ -107,6 +113,23 @@ fn write_envelope(
     out.extend_from_slice(epoch.encoded.as_bytes());
     out.push(b',');
     out.extend_from_slice(&run.0);
+    write_after_run(out, timestamp, event);
+}
+
+/// The envelope from its run fields on (`"thread_id":…}`), for an engine that numbers events
+/// elsewhere: it writes `{"type":"…","seq":<seq>,"epoch":"<epoch>",` in front of this, which
+/// gives exactly what [`encode`] writes. `run_fields` is a [`RunFields`]' bytes
+/// ([`RunFields::as_bytes`]), possibly read back from where the engine stored them.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn encode_tail(run_fields: &[u8], timestamp: SystemTime, event: &AgentEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(run_fields.len() + 128);
+    out.extend_from_slice(run_fields);
+    write_after_run(&mut out, timestamp, event);
+    out
+}
+
+/// `,"timestamp":…,"tool_name":…,"data":…}`: everything after the run fields.
+fn write_after_run(out: &mut Vec<u8>, timestamp: SystemTime, event: &AgentEvent) {
     // RFC 3339 digits and separators only: nothing to escape.
     out.extend_from_slice(b",\"timestamp\":\"");
     write_rfc3339_micros(out, timestamp);

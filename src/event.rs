@@ -146,6 +146,10 @@ pub enum RunErrorCode {
     Dropped,
     /// The code holding the [`crate::AgentRun`] panicked.
     Panicked,
+    /// The node the run was running on stopped (it crashed, was killed, or lost Redis for
+    /// longer than its lease) before the run ended; another node of the cluster ended the
+    /// run on its behalf. Only with several nodes on Redis.
+    NodeLost,
 }
 
 /// The run an event belongs to: shared (in an `Arc`) by every event of one run.

@@ -116,8 +116,13 @@ fn valid_frame() -> impl Strategy<Value = (String, ClientFrame)> {
         id().prop_map(|run_id| ClientMessage::StopAgent { run_id }),
         prop::option::of(id()).prop_map(|thread_id| ClientMessage::SwitchThread { thread_id }),
         Just(ClientMessage::Ping),
-        (id(), any::<u64>())
-            .prop_map(|(epoch, last_seq)| ClientMessage::Resume { epoch, last_seq }),
+        (id(), any::<u64>(), any::<bool>()).prop_map(|(epoch, last_seq, partial)| {
+            ClientMessage::Resume {
+                epoch,
+                last_seq,
+                partial,
+            }
+        }),
     ];
     let client_ref = prop_oneof![
         Just(None),
@@ -157,9 +162,16 @@ fn to_json(message: &ClientMessage, client_ref: Option<&Value>) -> String {
             json!({ "type": "switch_thread", "thread_id": thread_id })
         }
         ClientMessage::Ping => json!({ "type": "ping" }),
-        ClientMessage::Resume { epoch, last_seq } => {
-            json!({ "type": "resume", "epoch": epoch, "last_seq": last_seq })
-        }
+        ClientMessage::Resume {
+            epoch,
+            last_seq,
+            partial: false,
+        } => json!({ "type": "resume", "epoch": epoch, "last_seq": last_seq }),
+        ClientMessage::Resume {
+            epoch,
+            last_seq,
+            partial: true,
+        } => json!({ "type": "resume", "epoch": epoch, "last_seq": last_seq, "partial": true }),
     };
     if let Some(client_ref) = client_ref {
         frame["ref"] = client_ref.clone();

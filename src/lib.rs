@@ -36,7 +36,9 @@
 //!   stream: it numbers events (`seq` in an `epoch`), encodes each once, keeps the history a
 //!   resume reads, stops runs, and hands the stream to the user's actor. `engine::local` is
 //!   the in-process engine (the default), with its replay buffers (`engine::replay`) and the
-//!   byte budget they share.
+//!   byte budget they share; `engine::redis` (feature `redis`) is the engine for several
+//!   nodes on one Redis: the publish script, the batching publisher, history, the
+//!   subscriber, node leases and the sweeper that ends a dead node's runs.
 //! - `handler`: the [`AgentHandler`] trait the application implements for inbound requests.
 //! - `auth` and `jwt`: the [`Authenticator`] trait and the shipped HS256 [`JwtAuthenticator`].
 //! - `routes`: [`routes`], which mounts the endpoint in an actix-web app; `debug`:

@@ -39,6 +39,8 @@ use crate::outbound::Frame;
 use crate::stats::ActorStats;
 
 pub(crate) mod local;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 pub(crate) mod replay;
 
 /// A boxed future an engine answers with (an in-process engine answers at once).
