@@ -142,46 +142,48 @@ impl Config {
     /// Checks that the settings make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval.is_zero() {
-            return Err(ConfigError("heartbeat_interval must be greater than zero"));
+            return Err(ConfigError::new(
+                "heartbeat_interval must be greater than zero",
+            ));
         }
         if self.client_timeout <= self.heartbeat_interval {
-            return Err(ConfigError(
+            return Err(ConfigError::new(
                 "client_timeout must be longer than heartbeat_interval",
             ));
         }
         if self.max_frame_bytes < 128 {
-            return Err(ConfigError("max_frame_bytes must be at least 128"));
+            return Err(ConfigError::new("max_frame_bytes must be at least 128"));
         }
         if self.user_arbiters == 0 {
-            return Err(ConfigError("user_arbiters must be at least 1"));
+            return Err(ConfigError::new("user_arbiters must be at least 1"));
         }
         if self.max_sockets_per_user == 0 || self.max_sessions == 0 {
-            return Err(ConfigError("socket limits must be at least 1"));
+            return Err(ConfigError::new("socket limits must be at least 1"));
         }
         if self.inbound_rate == 0 || self.inbound_burst == 0 {
-            return Err(ConfigError(
+            return Err(ConfigError::new(
                 "inbound_rate and inbound_burst must be at least 1",
             ));
         }
         if self.max_runs_per_user == 0 {
-            return Err(ConfigError("max_runs_per_user must be at least 1"));
+            return Err(ConfigError::new("max_runs_per_user must be at least 1"));
         }
         if self.max_users == 0 {
-            return Err(ConfigError("max_users must be at least 1"));
+            return Err(ConfigError::new("max_users must be at least 1"));
         }
         if self.max_session_backlog_frames == 0 || self.max_session_backlog_bytes == 0 {
-            return Err(ConfigError(
+            return Err(ConfigError::new(
                 "session backlog limits must be greater than zero",
             ));
         }
         if self.max_user_backlog == 0 {
-            return Err(ConfigError("max_user_backlog must be at least 1"));
+            return Err(ConfigError::new("max_user_backlog must be at least 1"));
         }
         if self.drain_batch_users == 0 {
-            return Err(ConfigError("drain_batch_users must be at least 1"));
+            return Err(ConfigError::new("drain_batch_users must be at least 1"));
         }
         if !self.ws_path.starts_with('/') {
-            return Err(ConfigError("ws_path must start with '/'"));
+            return Err(ConfigError::new("ws_path must start with '/'"));
         }
         Ok(())
     }
@@ -224,7 +226,13 @@ pub enum UserPlacement {
 
 /// A [`Config`] whose settings contradict each other.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(&'static str);
+pub struct ConfigError(std::borrow::Cow<'static, str>);
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        ConfigError(message.into())
+    }
+}
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -150,6 +150,10 @@ pub enum RunErrorCode {
     /// longer than its lease) before the run ended; another node of the cluster ended the
     /// run on its behalf. Only with several nodes on Redis.
     NodeLost,
+    /// The server could not publish the run's events (its Redis was unreachable or too slow
+    /// for longer than its publish queue could hold): the run was stopped. Only with
+    /// several nodes on Redis.
+    EngineUnavailable,
 }
 
 /// The run an event belongs to: shared (in an `Arc`) by every event of one run.

@@ -40,6 +40,12 @@ pub(crate) struct ActorKind {
     kind: &'static str,
 }
 
+/// Label: which part of the Redis engine failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EnginePart {
+    part: &'static str,
+}
+
 /// Why an event was dropped.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum DropReason {
@@ -51,6 +57,9 @@ pub(crate) enum DropReason {
     SlowConsumer,
     /// Still queued to a user actor that crashed.
     Crashed,
+    /// The engine could not take the event (its Redis was unreachable or too slow for
+    /// longer than its publish queue could hold).
+    EngineUnavailable,
     /// The session was being closed by a drain.
     Draining,
 }
@@ -62,6 +71,7 @@ impl DropReason {
             DropReason::StoppedRun => "stopped_run",
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::Crashed => "crashed",
+            DropReason::EngineUnavailable => "engine_unavailable",
             DropReason::Draining => "draining",
         }
     }
@@ -81,6 +91,11 @@ pub(crate) struct Metrics {
     latency: Histogram,
     restarts: Counter,
     escalations: Counter,
+    /// The Redis engine's: publish latency, errors by part, gaps repaired, resyncs.
+    engine_publish: Histogram,
+    engine_errors: Family<EnginePart, Counter>,
+    engine_gaps_repaired: Counter,
+    engine_resyncs: Counter,
     /// The per-type counters of `published` and `delivered`, created once, so the per-event
     /// path bumps an atomic without looking anything up (a family lookup takes a lock).
     published_by_type: [Counter; EVENT_TYPES.len()],
@@ -120,6 +135,11 @@ impl Default for Metrics {
             latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
             restarts: Counter::default(),
             escalations: Counter::default(),
+            // 100 µs to about 52 s.
+            engine_publish: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
+            engine_errors: Family::default(),
+            engine_gaps_repaired: Counter::default(),
+            engine_resyncs: Counter::default(),
             published_by_type: Default::default(),
             delivered_by_type: Default::default(),
             registry: Registry::default(),
@@ -188,6 +208,26 @@ impl Default for Metrics {
             "Users whose actor crashed past the restart limit (sockets closed with 1011)",
             metrics.escalations.clone(),
         );
+        registry.register(
+            "engine_publish_seconds",
+            "Redis engine: from queuing a batch of events to Redis applying it",
+            metrics.engine_publish.clone(),
+        );
+        registry.register(
+            "engine_errors",
+            "Redis engine: failed Redis operations, by part (publish, subscribe, lease, sweep)",
+            metrics.engine_errors.clone(),
+        );
+        registry.register(
+            "engine_gaps_repaired",
+            "Redis engine: gaps in a user's stream filled from history",
+            metrics.engine_gaps_repaired.clone(),
+        );
+        registry.register(
+            "engine_resyncs",
+            "Redis engine: streams continued at a new position (history lost, or Redis restarted empty)",
+            metrics.engine_resyncs.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -228,6 +268,22 @@ impl Metrics {
 
     pub(crate) fn escalated(&self) {
         self.escalations.inc();
+    }
+
+    pub(crate) fn engine_published(&self, latency_secs: f64) {
+        self.engine_publish.observe(latency_secs);
+    }
+
+    pub(crate) fn engine_error(&self, part: &'static str) {
+        self.engine_errors.get_or_create(&EnginePart { part }).inc();
+    }
+
+    pub(crate) fn engine_gap_repaired(&self) {
+        self.engine_gaps_repaired.inc();
+    }
+
+    pub(crate) fn engine_resynced(&self) {
+        self.engine_resyncs.inc();
     }
 
     /// The text exposition, with the state gauges set from `snapshot`.

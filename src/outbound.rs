@@ -39,6 +39,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The user already has `max_runs_per_user` requests running.
     TooManyRuns,
+    /// The server could not reach what it needs to answer (with several nodes: its Redis);
+    /// the request may be sent again.
+    Unavailable,
 }
 
 /// A control frame sent to one socket.

@@ -69,6 +69,8 @@ impl Runtime {
             config: Config::default(),
             authenticator: Arc::new(authenticator),
             handler: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 
@@ -121,6 +123,8 @@ impl Runtime {
                     took: started.elapsed(),
                 };
                 log::info!("runtime: drained: {report:?}");
+                let left = deadline.saturating_sub(started.elapsed());
+                self.shared.engine.shutdown(left).await;
                 return Ok(report);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -186,6 +190,8 @@ pub struct RuntimeBuilder {
     config: Config,
     authenticator: Arc<dyn Authenticator>,
     handler: Option<Arc<dyn DynHandler>>,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::engine::redis::RedisConfig>,
 }
 
 impl RuntimeBuilder {
@@ -202,6 +208,44 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Makes this runtime one node of a cluster: every node started with the same Redis (at
+    /// `url`, `redis://[user:password@]host:port/db`) and prefix shares each user's stream,
+    /// so a user's sockets on any node receive every event emitted on any node, in one
+    /// order, and resume on any node. Without it, streams live in this process. Connecting
+    /// happens in the background: a Redis that is down at start is retried. See
+    /// `docs/scaling.md`.
+    ///
+    /// ```no_run
+    /// use agentwire::{JwtAuthenticator, Runtime};
+    /// # #[actix_web::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = Runtime::builder(JwtAuthenticator::hs256(b"secret"))
+    ///     .redis("redis://127.0.0.1:6379/0")
+    ///     .redis_prefix("agentwire-staging")
+    ///     .start()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        let prefix = self.redis.take().map(|config| config.prefix);
+        let mut config = crate::engine::redis::RedisConfig::new(url);
+        if let Some(prefix) = prefix {
+            config.prefix = prefix;
+        }
+        self.redis = Some(config);
+        self
+    }
+
+    /// The prefix of every Redis key and channel of this cluster (default `agentwire`), so
+    /// several deployments can share one Redis. Only with [`RuntimeBuilder::redis`].
+    #[cfg(feature = "redis")]
+    pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
+        let config = self
+            .redis
+            .get_or_insert_with(|| crate::engine::redis::RedisConfig::new(String::new()));
+        config.prefix = prefix.into();
+        self
+    }
+
     /// Starts the registry and the user arbiters. Must be called inside a running actix
     /// system (for example from `#[actix_web::main]`).
     pub fn start(self) -> Result<Runtime, ConfigError> {
@@ -213,15 +257,12 @@ impl RuntimeBuilder {
         let placement = config.user_placement;
         let registry_config = config.clone();
         let metrics = Arc::new(Metrics::default());
-        let engine: SharedEngine = Arc::new(LocalEngine::new(
-            LocalLimits {
-                replay_max_events: config.replay_max_events,
-                replay_max_age: config.replay_max_age,
-                max_replay_bytes: config.max_replay_bytes,
-                max_user_backlog: config.max_user_backlog,
-            },
+        let engine = start_engine(
+            &config,
             metrics.clone(),
-        ));
+            #[cfg(feature = "redis")]
+            self.redis,
+        )?;
         let registry_engine = engine.clone();
         let supervision = Arc::new(SupervisionLog::default());
         let registry_stats = Arc::new(ActorStats::default());
@@ -251,6 +292,35 @@ impl RuntimeBuilder {
             }),
         })
     }
+}
+
+/// The engine the configuration asks for: the in-process one, or (with a Redis URL) this
+/// node's Redis engine, which keeps as much history per user as the in-process one would.
+fn start_engine(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    #[cfg(feature = "redis")] redis: Option<crate::engine::redis::RedisConfig>,
+) -> Result<SharedEngine, ConfigError> {
+    #[cfg(feature = "redis")]
+    if let Some(mut redis) = redis {
+        if redis.url.is_empty() {
+            return Err(ConfigError::new("redis_prefix was set without a Redis URL"));
+        }
+        redis.history_max_events = config.replay_max_events.max(1);
+        redis.history_ttl = config.replay_max_age;
+        let engine = crate::engine::ClusterEngine::start(redis, metrics)
+            .map_err(|e| ConfigError::new(format!("redis: {e}")))?;
+        return Ok(Arc::new(engine));
+    }
+    Ok(Arc::new(LocalEngine::new(
+        LocalLimits {
+            replay_max_events: config.replay_max_events,
+            replay_max_age: config.replay_max_age,
+            max_replay_bytes: config.max_replay_bytes,
+            max_user_backlog: config.max_user_backlog,
+        },
+        metrics,
+    )))
 }
 
 /// The runtime's registry is no longer running (its actix system stopped).

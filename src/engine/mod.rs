@@ -41,6 +41,9 @@ use crate::stats::ActorStats;
 pub(crate) mod local;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+
+#[cfg(feature = "redis")]
+pub(crate) use self::redis::cluster::ClusterEngine;
 pub(crate) mod replay;
 
 /// A boxed future an engine answers with (an in-process engine answers at once).
@@ -91,6 +94,12 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// Counters for the supervision tree and the metrics.
     fn stats(&self) -> EngineStats;
+
+    /// The runtime is shutting down (its sockets are drained): publish what is still queued,
+    /// within `deadline`, and leave. The in-process engine has nothing to do.
+    fn shutdown(&self, _deadline: std::time::Duration) -> EngineFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The engine's own counters.
@@ -155,6 +164,8 @@ pub(crate) enum StopOutcome {
     Stopped,
     /// The user has no such live run.
     NotFound,
+    /// The engine could not find out (its store is unreachable); the client may retry.
+    Unavailable,
 }
 
 /// One run's side of the publish path, shared by its emitter and the engine.
@@ -166,6 +177,9 @@ pub(crate) struct RunStream {
     /// The run's fixed envelope fields, encoded once.
     pub fields: RunFields,
     pub stop: RunStop,
+    /// Held by an engine that has no per-user lock of its own while it checks the run's
+    /// state and queues one of its events, so a stop cannot slip between the two.
+    pub order: parking_lot::Mutex<()>,
 }
 
 impl RunStream {
@@ -176,6 +190,7 @@ impl RunStream {
             fields: RunFields::new(&meta),
             meta,
             stop: RunStop::default(),
+            order: parking_lot::Mutex::new(()),
         }
     }
 }

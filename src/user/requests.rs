@@ -152,12 +152,17 @@ impl Handler<StopRun> for User {
     fn handle(&mut self, msg: StopRun, ctx: &mut Self::Context) {
         let stop = self.engine.stop(&self.id, &msg.run_id);
         ctx.spawn(stop.into_actor(self).map(move |outcome, user, _| {
-            if outcome == StopOutcome::Stopped {
-                return;
-            }
+            let (code, message) = match outcome {
+                StopOutcome::Stopped => return,
+                StopOutcome::NotFound => (ErrorCode::NotFound, "no such run for this user"),
+                StopOutcome::Unavailable => (
+                    ErrorCode::Unavailable,
+                    "the run could not be looked up now; try again",
+                ),
+            };
             let frame = ControlFrame::Error {
-                code: ErrorCode::NotFound,
-                message: "no such run for this user",
+                code,
+                message,
                 client_ref: msg.client_ref.as_ref(),
             }
             .encode();

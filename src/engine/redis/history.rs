@@ -26,6 +26,7 @@ pub(crate) struct Position {
     pub seq: u64,
 }
 
+#[cfg(test)]
 /// The user's position, or `None` when Redis holds none (no event yet, expired, or lost).
 pub(crate) async fn position(
     commands: &Commands,
@@ -37,6 +38,46 @@ pub(crate) async fn position(
         .query(redis::cmd("HMGET").arg(&meta).arg("e").arg("s"))
         .await?;
     Ok(position_of(epoch, seq))
+}
+
+/// Starts a numbering when the user has none (setting `candidate` as its epoch, with no
+/// history), and refreshes its TTL: a node that subscribes a user learns where the stream
+/// stands even before its first event.
+const ENSURE_POSITION: &str = r"
+local position = redis.call('HMGET', KEYS[1], 'e', 's')
+local epoch, seq = position[1], position[2]
+if not epoch or not seq then
+  epoch, seq = ARGV[1], '0'
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {epoch, seq}
+";
+
+/// The user's position, starting a numbering with a new epoch when Redis holds none.
+pub(crate) async fn ensure_position(
+    commands: &Commands,
+    keys: &Keys,
+    user: &UserId,
+    state_ttl_ms: u64,
+) -> Result<Position, EngineError> {
+    let user_keys = keys.user(user);
+    let (epoch, seq): (String, u64) = commands
+        .query(
+            redis::cmd("EVAL")
+                .arg(ENSURE_POSITION)
+                .arg(2)
+                .arg(&user_keys.meta)
+                .arg(&user_keys.history)
+                .arg(crate::ids::new_epoch())
+                .arg(state_ttl_ms),
+        )
+        .await?;
+    Ok(Position {
+        epoch: epoch.into(),
+        seq,
+    })
 }
 
 fn position_of(epoch: Option<String>, seq: Option<u64>) -> Option<Position> {

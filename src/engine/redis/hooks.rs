@@ -74,6 +74,8 @@ pub(crate) trait Monitor: Send + Sync + 'static {
 }
 
 /// A monitor that observes nothing.
+#[cfg(test)]
 pub(crate) struct NoMonitor;
 
+#[cfg(test)]
 impl Monitor for NoMonitor {}

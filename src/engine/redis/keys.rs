@@ -129,6 +129,7 @@ impl Keys {
     }
 
     /// The user whose events channel `channel` is, if it is one of this prefix's.
+    #[cfg(test)]
     pub(crate) fn user_of_events_channel(&self, channel: &[u8]) -> Option<UserId> {
         let rest = channel.strip_prefix(self.prefix.as_bytes())?;
         let inner = rest.strip_prefix(b":{")?.strip_suffix(b"}:events")?;
@@ -164,6 +165,7 @@ fn escape_into(out: &mut String, id: &str) {
     }
 }
 
+#[cfg(test)]
 fn unescape(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

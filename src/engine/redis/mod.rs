@@ -41,10 +41,8 @@
 //! error the emitter handles. When Redis comes back empty, the next event of each user
 //! starts a new epoch, which receivers see as an epoch change (clients resync).
 
-// The runtime does not use the engine yet: the engine seam wires it in.
-#![allow(dead_code, unused_imports)]
-
 mod backoff;
+pub(crate) mod cluster;
 mod config;
 mod connection;
 mod error;
@@ -74,7 +72,9 @@ use tokio::sync::Notify;
 pub(crate) use config::{ConfigError, RedisConfig};
 pub(crate) use error::EngineError;
 pub(crate) use history::Position;
-pub(crate) use hooks::{Inbound, Monitor, NoMonitor, Part};
+#[cfg(test)]
+pub(crate) use hooks::NoMonitor;
+pub(crate) use hooks::{Inbound, Monitor, Part};
 pub(crate) use publisher::{EnqueueError, Publisher};
 pub(crate) use record::NumberedEvent;
 pub(crate) use script::{BatchOutcome, OutgoingEvent, Step};
@@ -172,7 +172,8 @@ pub(crate) struct RedisEngine {
     publisher: Publisher,
     subscriber: Subscriber,
     history_max_read: usize,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    state_ttl: Duration,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl RedisEngine {
@@ -224,7 +225,8 @@ impl RedisEngine {
             publisher,
             subscriber,
             history_max_read: config.history_max_read,
-            tasks: vec![flusher, reader, lease, sweeper],
+            state_ttl: config.state_ttl,
+            tasks: Mutex::new(vec![flusher, reader, lease, sweeper]),
         })
     }
 
@@ -243,12 +245,22 @@ impl RedisEngine {
         &self.subscriber
     }
 
+    #[cfg(test)]
     /// `user`'s current position, or `None` when Redis holds none.
     pub(crate) async fn position(
         &self,
         user: &crate::ids::UserId,
     ) -> Result<Option<Position>, EngineError> {
         history::position(&self.node.commands, &self.node.keys, user).await
+    }
+
+    /// `user`'s position, starting a numbering (a new epoch) when Redis holds none.
+    pub(crate) async fn ensure_position(
+        &self,
+        user: &crate::ids::UserId,
+    ) -> Result<Position, EngineError> {
+        let ttl_ms = u64::try_from(self.state_ttl.as_millis()).unwrap_or(u64::MAX);
+        history::ensure_position(&self.node.commands, &self.node.keys, user, ttl_ms).await
     }
 
     /// `user`'s events with `after < seq <= upto` in `epoch`, all of them, or `None` (see
@@ -285,9 +297,9 @@ impl RedisEngine {
     /// tasks, and gives up the lease when this node has no live run left (otherwise it
     /// expires and the other nodes end those runs). Returns how many queued events were not
     /// published.
-    pub(crate) async fn shutdown(mut self, deadline: Duration) -> usize {
+    pub(crate) async fn shutdown(&self, deadline: Duration) -> usize {
         let unpublished = self.publisher.close(deadline).await;
-        for task in self.tasks.drain(..) {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
         if let Err(error) = lease::release(&self.node).await {
@@ -299,7 +311,7 @@ impl RedisEngine {
 
 impl Drop for RedisEngine {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.lock().iter() {
             task.abort();
         }
     }

@@ -139,10 +139,6 @@ impl Publisher {
         self.shared.bytes.load(Ordering::Acquire)
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.shared.capacity
-    }
-
     /// Whether an event of `size` bytes would be queued now.
     pub(crate) fn has_room(&self, size: usize) -> bool {
         let bytes = self.queued_bytes();

@@ -46,6 +46,7 @@ pub(crate) struct NumberedEvent {
     pub frame: Frame,
 }
 
+#[cfg(test)]
 impl NumberedEvent {
     /// True for the two events that end a run.
     pub(crate) fn is_terminal(&self) -> bool {

@@ -113,11 +113,13 @@ impl Subscriber {
         Ok(())
     }
 
+    #[cfg(test)]
     /// Whether the connection is up and every wanted channel subscribed on it.
     pub(crate) fn is_connected(&self) -> bool {
         self.shared.state.lock().sink.is_some()
     }
 
+    #[cfg(test)]
     /// How many users' channels are wanted.
     pub(crate) fn subscribed_users(&self) -> usize {
         self.shared.state.lock().wanted.len()

@@ -1,0 +1,623 @@
+//! The Redis engine behind the runtime's [`Engine`] seam: what turns the node's Redis parts
+//! (publisher, subscriber, history, stop) into the three sides every engine has.
+//!
+//! - **Publish.** An event is encoded once on the emitter's thread (everything but its
+//!   `seq` and `epoch`, which the publish script adds) and queued for the publisher, under
+//!   its run's lock, so a run's events and its stop stay ordered. A full queue (Redis
+//!   unreachable or too slow for too long) never blocks the emitter and never drops an event
+//!   silently: the event is counted (`events_dropped{reason="engine_unavailable"}`) and
+//!   logged, the run is stopped (its handler's `cancelled()` resolves), and once the queue
+//!   has room again the run ends on the wire with `agent_error` code `engine_unavailable`.
+//! - **Delivery.** Each subscribed user has a receiver: it learns the stream's position
+//!   (starting a numbering when Redis has none), then hands the user's actor every event in
+//!   `seq` order. A `seq` gap (a lost pub/sub message, or a reconnect) is repaired from the
+//!   stored history before anything after it is delivered; what history can no longer
+//!   supply, and an epoch change (Redis lost its data), becomes a new position, which the
+//!   user's sockets receive as `resync_required`. After every reconnect of the subscriber,
+//!   each receiver compares its position with the stored one and catches up the same way.
+//! - **History** reads exact ranges from the user's stream in Redis, with a time limit.
+//! - **Stop** finds the run's node in the user's live runs and asks it over its control
+//!   channel; the owning node stops the run and publishes its `cancelled` error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use actix::ArbiterHandle;
+use parking_lot::Mutex;
+
+use super::{
+    EnqueueError, Inbound, Monitor, NumberedEvent, OutgoingEvent, RedisConfig, RedisEngine, Step,
+};
+use crate::engine::{
+    Delivery, DeliveryTarget, Engine, EngineFuture, EngineStats, HistoryEvent, RunStream,
+    StopOutcome, StreamEvent,
+};
+use crate::event::{AgentError, AgentEvent, RunErrorCode, RunMeta};
+use crate::ids::UserId;
+use crate::metrics::{DropReason, Metrics};
+
+/// Events a receiver holds while it learns its position or repairs a gap; past it, the
+/// held events are let go and the stream continues from a new position.
+const MAX_HELD_EVENTS: usize = 10_000;
+
+/// How long a resume waits for history before it is answered with `resync_required`.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The Redis engine as the runtime uses it.
+pub(crate) struct ClusterEngine {
+    shared: Arc<Shared>,
+}
+
+/// What the engine's side and its callbacks share.
+struct Shared {
+    core: OnceLock<RedisEngine>,
+    /// Where the receivers' repairs and the subscriptions run.
+    arbiter: ArbiterHandle,
+    receivers: Mutex<HashMap<UserId, Receiver>>,
+    /// Source of receiver generations, so a late answer for an older subscription is ignored.
+    generations: Mutex<u64>,
+    /// This node's live runs, by run id, for stop requests from any node.
+    runs: Mutex<HashMap<Arc<str>, Arc<RunStream>>>,
+    metrics: Arc<Metrics>,
+    self_ref: Weak<Shared>,
+}
+
+/// One subscribed user's delivery state.
+struct Receiver {
+    target: DeliveryTarget,
+    generation: u64,
+    /// The stream's epoch and the last `seq` delivered; `None` until known.
+    position: Option<(Arc<str>, u64)>,
+    /// Set while history is read to fill a gap: events wait in `held` meanwhile.
+    repairing: bool,
+    held: Vec<NumberedEvent>,
+}
+
+impl ClusterEngine {
+    /// Starts the node's Redis engine on its own arbiter. Connecting happens in the
+    /// background: a Redis that is down at start is retried like one that went down later.
+    pub(crate) fn start(config: RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        config.validate().map_err(|e| e.to_string())?;
+        let bound = config.node_lost_bound();
+        let arbiter = actix::Arbiter::new();
+        let shared = Arc::new_cyclic(|self_ref| Shared {
+            core: OnceLock::new(),
+            arbiter: arbiter.handle(),
+            receivers: Mutex::default(),
+            generations: Mutex::new(0),
+            runs: Mutex::default(),
+            metrics,
+            self_ref: self_ref.clone(),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inbound: Arc<dyn Inbound> = shared.clone();
+        let monitor: Arc<dyn Monitor> = shared.clone();
+        let spawned = arbiter.spawn_fn(move || {
+            let _ = tx.send(RedisEngine::start(config, inbound, monitor));
+        });
+        if !spawned {
+            return Err("the Redis engine's thread did not start".to_owned());
+        }
+        let core = rx
+            .recv()
+            .map_err(|_| "the Redis engine's thread stopped".to_owned())?
+            .map_err(|e| e.to_string())?;
+        log::info!(
+            "redis engine: node {} started; a run of a node that dies ends within {:?}",
+            core.node_id(),
+            bound
+        );
+        let _ = shared.core.set(core);
+        // The arbiter's thread lives as long as the process; its handle is kept in `shared`.
+        std::mem::forget(arbiter);
+        Ok(ClusterEngine { shared })
+    }
+}
+
+impl Shared {
+    fn core(&self) -> Option<&RedisEngine> {
+        self.core.get()
+    }
+
+    /// Queues one event of `run` (the caller holds the run's lock and checked its state).
+    fn enqueue(self: &Arc<Self>, run: &Arc<RunStream>, event: &AgentEvent, at: SystemTime) {
+        let Some(core) = self.core() else { return };
+        let outgoing = OutgoingEvent::new(run.user.clone(), &run.meta, &run.fields, at, event);
+        match core.publisher().enqueue(outgoing) {
+            Ok(()) => {}
+            Err(EnqueueError::Full(_) | EnqueueError::Closed(_)) => {
+                self.refused(run, event);
+            }
+        }
+    }
+
+    /// The publisher refused an event: count it, stop the run, and end it on the wire as
+    /// soon as the queue has room again.
+    fn refused(self: &Arc<Self>, run: &Arc<RunStream>, event: &AgentEvent) {
+        self.metrics
+            .dropped(event.wire_type(), DropReason::EngineUnavailable, 1);
+        log::warn!(
+            "redis engine: the publish queue is full; dropped {} of run {} of user:{}, and \
+             the run is stopped",
+            event.wire_type(),
+            run.meta.run_id,
+            run.user
+        );
+        let terminal = event.is_terminal();
+        if !terminal && !run.stop.try_stop() {
+            return;
+        }
+        let this = self.clone();
+        let run = run.clone();
+        self.arbiter.spawn(async move {
+            let Some(core) = this.core() else { return };
+            let error = AgentEvent::Error(AgentError {
+                code: RunErrorCode::EngineUnavailable,
+                message: "the server could not publish this run's events".to_owned(),
+            });
+            let mut outgoing = OutgoingEvent::new(
+                run.user.clone(),
+                &run.meta,
+                &run.fields,
+                SystemTime::now(),
+                &error,
+            );
+            outgoing.step = Step::End;
+            loop {
+                core.publisher().room(outgoing.size()).await;
+                match core.publisher().enqueue(outgoing) {
+                    Ok(()) => break,
+                    Err(EnqueueError::Full(back)) => outgoing = *back,
+                    Err(EnqueueError::Closed(back)) => {
+                        log::warn!(
+                            "redis engine: shutting down; run {} of user:{} ends unpublished",
+                            back.run_id,
+                            back.user
+                        );
+                        break;
+                    }
+                }
+            }
+            this.forget_run(&run);
+        });
+    }
+
+    fn forget_run(&self, run: &RunStream) {
+        self.runs.lock().remove(run.meta.run_id.as_str());
+    }
+
+    /// Hands `events` to `user`'s receiver, in order, repairing what is missing.
+    fn accept(self: &Arc<Self>, user: &UserId, events: Vec<NumberedEvent>) {
+        let mut receivers = self.receivers.lock();
+        let Some(receiver) = receivers.get_mut(user) else {
+            return;
+        };
+        if receiver.position.is_none() || receiver.repairing {
+            hold(receiver, events);
+            return;
+        }
+        let mut events = events.into_iter();
+        while let Some(event) = events.next() {
+            let Some((epoch, seq)) = receiver.position.clone() else {
+                return;
+            };
+            if *event.epoch != *epoch {
+                // Redis lost the stream (restarted empty): a new numbering.
+                self.metrics.engine_resynced();
+                let start = event.seq.saturating_sub(1);
+                reposition(receiver, event.epoch.clone(), start);
+                deliver(receiver, event);
+            } else if event.seq <= seq {
+                // Already delivered (a repair and a late message overlapped).
+            } else if event.seq == seq + 1 {
+                deliver(receiver, event);
+            } else {
+                let gap_end = event.seq - 1;
+                receiver.repairing = true;
+                hold(receiver, std::iter::once(event).chain(events).collect());
+                let generation = receiver.generation;
+                drop(receivers);
+                self.repair(user.clone(), generation, epoch, seq, gap_end);
+                return;
+            }
+        }
+    }
+
+    /// Reads `user`'s events after `after` up to `upto` from history and delivers them
+    /// ahead of what was held; what history cannot supply becomes a new position.
+    fn repair(
+        self: &Arc<Self>,
+        user: UserId,
+        generation: u64,
+        epoch: Arc<str>,
+        after: u64,
+        upto: u64,
+    ) {
+        let this = self.clone();
+        self.arbiter.spawn(async move {
+            let read = match this.core() {
+                Some(core) => core.history(&user, &epoch, after, upto).await,
+                None => Ok(None),
+            };
+            let mut receivers = this.receivers.lock();
+            let Some(receiver) = receivers
+                .get_mut(&user)
+                .filter(|r| r.generation == generation)
+            else {
+                return;
+            };
+            match read {
+                Ok(Some(events)) => {
+                    this.metrics.engine_gap_repaired();
+                    for event in events {
+                        deliver(receiver, event);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    log::warn!(
+                        "redis engine: user:{user}'s events {}..={upto} are no longer in \
+                         history; sockets resync",
+                        after + 1
+                    );
+                    this.metrics.engine_resynced();
+                    reposition(receiver, epoch, upto);
+                }
+            }
+            receiver.repairing = false;
+            let held = std::mem::take(&mut receiver.held);
+            drop(receivers);
+            if !held.is_empty() {
+                this.accept(&user, held);
+            }
+        });
+    }
+
+    /// Learns where `user`'s stream stands (starting one when Redis has none), retrying
+    /// until Redis answers or the subscription is gone, then delivers what was held.
+    fn locate(self: &Arc<Self>, user: UserId, generation: u64) {
+        let this = self.clone();
+        self.arbiter.spawn(async move {
+            let Some(core) = this.core() else { return };
+            let mut delay = Duration::from_millis(50);
+            let position = loop {
+                if !this.is_current(&user, generation) {
+                    return;
+                }
+                match core.ensure_position(&user).await {
+                    Ok(position) => break position,
+                    Err(error) => {
+                        log::debug!("redis engine: position of user:{user}: {error}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
+            let mut receivers = this.receivers.lock();
+            let Some(receiver) = receivers
+                .get_mut(&user)
+                .filter(|r| r.generation == generation)
+            else {
+                return;
+            };
+            match receiver.position.clone() {
+                None => {
+                    receiver.position = Some((position.epoch.clone(), position.seq));
+                    receiver.target.send(Delivery::Position {
+                        epoch: position.epoch,
+                        seq: position.seq,
+                    });
+                }
+                Some((epoch, _)) if epoch != position.epoch => {
+                    this.metrics.engine_resynced();
+                    reposition(receiver, position.epoch, position.seq);
+                }
+                Some((epoch, seq)) if position.seq > seq && !receiver.repairing => {
+                    // Events were published while the subscriber was away.
+                    receiver.repairing = true;
+                    drop(receivers);
+                    this.repair(user, generation, epoch, seq, position.seq);
+                    return;
+                }
+                Some(_) => {}
+            }
+            let held = std::mem::take(&mut receiver.held);
+            drop(receivers);
+            if !held.is_empty() {
+                this.accept(&user, held);
+            }
+        });
+    }
+
+    fn is_current(&self, user: &UserId, generation: u64) -> bool {
+        self.receivers
+            .lock()
+            .get(user)
+            .is_some_and(|r| r.generation == generation)
+    }
+}
+
+/// Holds events until the receiver can deliver them, within a bound.
+fn hold(receiver: &mut Receiver, events: Vec<NumberedEvent>) {
+    if receiver.held.len() + events.len() > MAX_HELD_EVENTS {
+        // Too far behind to catch up event by event: continue after the newest.
+        if let (Some(last), Some((epoch, _))) = (events.last(), receiver.position.clone()) {
+            let (epoch, seq) = if last.epoch == epoch {
+                (epoch, last.seq)
+            } else {
+                (last.epoch.clone(), last.seq)
+            };
+            receiver.held.clear();
+            receiver.repairing = false;
+            reposition(receiver, epoch, seq);
+            return;
+        }
+        receiver.held.clear();
+    }
+    receiver.held.extend(events);
+}
+
+/// The stream continues at `(epoch, seq)`: the user's actor tells its sockets to resync.
+fn reposition(receiver: &mut Receiver, epoch: Arc<str>, seq: u64) {
+    receiver.position = Some((epoch.clone(), seq));
+    receiver.target.send(Delivery::Position { epoch, seq });
+}
+
+/// Delivers the next event of the stream to the user's actor.
+fn deliver(receiver: &mut Receiver, event: NumberedEvent) {
+    if let Some((_, seq)) = &mut receiver.position {
+        *seq = event.seq;
+    }
+    receiver.target.send(Delivery::Event(StreamEvent {
+        seq: event.seq,
+        frame: event.frame,
+        thread_id: Arc::from(&*event.thread_id),
+        event_type: event.wire_type,
+        emitted_at: event.emitted_at,
+    }));
+}
+
+impl Inbound for Shared {
+    fn events(&self, user: &UserId, events: Vec<NumberedEvent>) {
+        // The callbacks get `&self`; the repairs they start need the `Arc`.
+        if let Some(this) = self.this() {
+            this.accept(user, events);
+        }
+    }
+
+    fn stop_requested(&self, user: UserId, run_id: String) {
+        let run = self
+            .runs
+            .lock()
+            .get(run_id.as_str())
+            .filter(|run| run.user == user)
+            .cloned();
+        let (Some(run), Some(this)) = (run, self.this()) else {
+            return;
+        };
+        let _order = run.order.lock();
+        if run.stop.try_stop() {
+            let error = AgentEvent::Error(AgentError {
+                code: RunErrorCode::Cancelled,
+                message: "stopped by the client".to_owned(),
+            });
+            let mut outgoing =
+                OutgoingEvent::new(user, &run.meta, &run.fields, SystemTime::now(), &error);
+            outgoing.step = Step::End;
+            if let Some(core) = this.core() {
+                if core.publisher().enqueue(outgoing).is_err() {
+                    this.refused(&run, &error);
+                }
+            }
+            this.forget_run(&run);
+        }
+    }
+
+    fn resubscribed(&self) {
+        let Some(this) = self.this() else { return };
+        let users: Vec<(UserId, u64)> = self
+            .receivers
+            .lock()
+            .iter()
+            .filter(|(_, r)| r.position.is_some())
+            .map(|(user, r)| (user.clone(), r.generation))
+            .collect();
+        for (user, generation) in users {
+            this.locate(user, generation);
+        }
+    }
+}
+
+impl Monitor for Shared {
+    fn error(&self, part: super::Part, error: &super::EngineError) {
+        self.metrics.engine_error(part.name());
+        log::debug!("redis engine: {}: {error}", part.name());
+    }
+
+    fn published(&self, _: &UserId, _: &super::BatchOutcome, latency: Duration) {
+        self.metrics.engine_published(latency.as_secs_f64());
+    }
+
+    fn lease_lost(&self) {
+        log::warn!("redis engine: this node's lease was lost; other nodes may end its runs");
+    }
+
+    fn node_swept(&self, node: &str, runs: usize) {
+        log::warn!("redis engine: node {node} is gone; ended its {runs} run(s) with node_lost");
+    }
+}
+
+impl Shared {
+    /// Runs `work` on the engine's thread, where its connections live, and answers with its
+    /// result (or `fallback` when the engine is gone).
+    fn on_engine<T, F, Fut>(self: &Arc<Self>, fallback: T, work: F) -> EngineFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        self.arbiter.spawn(async move {
+            let _ = tx.send(work(this).await);
+        });
+        Box::pin(async move { rx.await.unwrap_or(fallback) })
+    }
+
+    /// The `Arc` this callback target lives in (the engine keeps one while it runs).
+    fn this(&self) -> Option<Arc<Shared>> {
+        self.self_ref.upgrade()
+    }
+}
+
+impl Engine for ClusterEngine {
+    fn open_run(&self, user: UserId, meta: RunMeta) -> Arc<RunStream> {
+        let run = Arc::new(RunStream::new(user, meta));
+        self.shared
+            .runs
+            .lock()
+            .insert(run.meta.run_id.as_str().into(), run.clone());
+        run
+    }
+
+    fn publish(&self, run: &Arc<RunStream>, event: AgentEvent, emitted_at: SystemTime) {
+        let terminal = event.is_terminal();
+        {
+            let _order = run.order.lock();
+            let may_publish = if terminal {
+                run.stop.try_end()
+            } else {
+                run.stop.is_live()
+            };
+            if may_publish {
+                self.shared.enqueue(run, &event, emitted_at);
+            } else {
+                self.shared
+                    .metrics
+                    .dropped(event.wire_type(), DropReason::StoppedRun, 1);
+            }
+        }
+        if terminal {
+            self.shared.forget_run(run);
+        }
+    }
+
+    fn has_room(&self, _run: &RunStream) -> bool {
+        // Room for a typical event; a larger one is still queued if there is any room.
+        self.shared
+            .core()
+            .is_none_or(|core| core.publisher().has_room(1024))
+    }
+
+    fn stop(&self, user: &UserId, run_id: &str) -> EngineFuture<StopOutcome> {
+        let (user, run_id) = (user.clone(), run_id.to_owned());
+        self.shared
+            .on_engine(StopOutcome::Unavailable, move |shared| async move {
+                let Some(core) = shared.core() else {
+                    return StopOutcome::Unavailable;
+                };
+                match core.stop(&user, &run_id).await {
+                    Ok(super::StopOutcome::Sent { .. }) => StopOutcome::Stopped,
+                    Ok(super::StopOutcome::NotFound) => StopOutcome::NotFound,
+                    Err(error) => {
+                        log::warn!("redis engine: stop of run {run_id} of user:{user}: {error}");
+                        StopOutcome::Unavailable
+                    }
+                }
+            })
+    }
+
+    fn subscribe(&self, user: &UserId, target: DeliveryTarget) {
+        let generation = {
+            let mut generations = self.shared.generations.lock();
+            *generations += 1;
+            *generations
+        };
+        self.shared.receivers.lock().insert(
+            user.clone(),
+            Receiver {
+                target,
+                generation,
+                position: None,
+                repairing: false,
+                held: Vec::new(),
+            },
+        );
+        let (shared, user) = (self.shared.clone(), user.clone());
+        self.shared.arbiter.spawn(async move {
+            if let Some(core) = shared.core() {
+                // A subscription that fails now is made again on reconnect; `locate` then
+                // repeats until Redis answers.
+                let _ = core.subscriber().subscribe(&user).await;
+            }
+            shared.locate(user, generation);
+        });
+    }
+
+    fn unsubscribe(&self, user: &UserId) {
+        let removed = self.shared.receivers.lock().remove(user);
+        drop(removed);
+        let (shared, user) = (self.shared.clone(), user.clone());
+        self.shared.arbiter.spawn(async move {
+            let subscribed_again = shared.receivers.lock().contains_key(&user);
+            if let (Some(core), false) = (shared.core(), subscribed_again) {
+                let _ = core.subscriber().unsubscribe(&user).await;
+            }
+        });
+    }
+
+    fn history(
+        &self,
+        user: &UserId,
+        epoch: &str,
+        after: u64,
+        upto: u64,
+        _partial: bool,
+    ) -> EngineFuture<Option<Vec<HistoryEvent>>> {
+        let (user, epoch) = (user.clone(), epoch.to_owned());
+        self.shared.on_engine(None, move |shared| async move {
+            let core = shared.core()?;
+            let read =
+                tokio::time::timeout(HISTORY_TIMEOUT, core.history(&user, &epoch, after, upto))
+                    .await;
+            let events = match read {
+                Ok(Ok(events)) => events,
+                Ok(Err(error)) => {
+                    log::warn!("redis engine: history of user:{user}: {error}");
+                    None
+                }
+                Err(_) => {
+                    log::warn!("redis engine: history of user:{user} timed out");
+                    None
+                }
+            };
+            events.map(|events| {
+                events
+                    .into_iter()
+                    .map(|event| HistoryEvent {
+                        seq: event.seq,
+                        frame: event.frame,
+                        thread_id: Arc::from(&*event.thread_id),
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
+
+    fn shutdown(&self, deadline: Duration) -> EngineFuture<()> {
+        self.shared.on_engine((), move |shared| async move {
+            if let Some(core) = shared.core() {
+                let unpublished = core.shutdown(deadline).await;
+                if unpublished > 0 {
+                    log::warn!(
+                        "redis engine: {unpublished} event(s) were still unpublished at shutdown"
+                    );
+                }
+            }
+        })
+    }
+}
