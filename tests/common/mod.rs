@@ -40,15 +40,26 @@ impl TestServer {
     }
 
     pub fn start_with(config: Config) -> TestServer {
+        Self::start_node(config, None)
+    }
+
+    /// A node of a cluster on the Redis at `redis_url` (keys under `prefix`).
+    pub fn start_clustered(config: Config, redis_url: &str, prefix: &str) -> TestServer {
+        Self::start_node(config, Some((redis_url.to_owned(), prefix.to_owned())))
+    }
+
+    fn start_node(config: Config, redis: Option<(String, String)>) -> TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
-                let runtime = Runtime::builder(JwtAuthenticator::hs256(SECRET))
+                let mut builder = Runtime::builder(JwtAuthenticator::hs256(SECRET))
                     .config(config)
-                    .handler(TestAgent)
-                    .start()
-                    .expect("valid config");
+                    .handler(TestAgent);
+                if let Some((url, prefix)) = redis {
+                    builder = builder.redis(url).redis_prefix(prefix);
+                }
+                let runtime = builder.start().expect("valid config");
                 let app_runtime = runtime.clone();
                 let server = HttpServer::new(move || {
                     App::new()

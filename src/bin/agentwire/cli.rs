@@ -118,6 +118,14 @@ pub struct ServeArgs {
     /// Where user actors run (see `UserPlacement` in the library docs).
     #[arg(long, env = "AGENTWIRE_USER_PLACEMENT", value_enum, default_value_t = Placement::FirstSocket)]
     pub user_placement: Placement,
+    /// Join a cluster: every node started with the same Redis and prefix shares each user's
+    /// stream (`redis://[user:password@]host:port/db`). Without it, streams live in this
+    /// process.
+    #[arg(long = "redis", env = "AGENTWIRE_REDIS_URL", value_name = "URL", value_parser = non_empty)]
+    pub redis_url: Option<String>,
+    /// The prefix of every Redis key and channel, so several deployments can share one Redis.
+    #[arg(long, env = "AGENTWIRE_REDIS_PREFIX", default_value = "agentwire", value_parser = non_empty, requires = "redis_url")]
+    pub redis_prefix: String,
 }
 
 /// `--user-placement`.

@@ -59,10 +59,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         ..Config::default()
     };
-    let runtime = Runtime::builder(JwtAuthenticator::hs256(jwt_secret.as_bytes()))
+    let mut builder = Runtime::builder(JwtAuthenticator::hs256(jwt_secret.as_bytes()))
         .config(config)
-        .handler(DemoAgent)
-        .start()?;
+        .handler(DemoAgent);
+    if let Some(url) = &args.redis_url {
+        builder = builder.redis(url).redis_prefix(&args.redis_prefix);
+    }
+    let runtime = builder.start()?;
     let issuer = DemoIssuer::new(jwt_secret.as_bytes());
 
     let app_runtime = runtime.clone();
