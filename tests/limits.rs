@@ -431,10 +431,13 @@ async fn ids_of_128_bytes_pass_and_129_get_invalid_field() {
     let error = client.expect("error").await;
     assert_eq!(error["code"], "invalid_field");
     assert_eq!(error["ref"], longest_ref.as_str());
-    client
-        .send(json!({ "type": "ping", "ref": "r".repeat(129) }))
-        .await;
-    let error = client.expect("error").await;
-    assert_eq!(error["code"], "invalid_field");
-    assert_eq!(error.get("ref"), None);
+    for bad_ref in [json!("r".repeat(129)), json!({}), json!([1]), json!(true)] {
+        client.send(json!({ "type": "ping", "ref": bad_ref })).await;
+        let error = client.expect("error").await;
+        assert_eq!(error["code"], "invalid_field", "ref {bad_ref}");
+        assert_eq!(error.get("ref"), None, "ref {bad_ref}");
+    }
+    // A `ref` of null is the same as none.
+    client.send(json!({ "type": "ping", "ref": null })).await;
+    assert_eq!(client.expect("pong").await, json!({ "type": "pong" }));
 }
