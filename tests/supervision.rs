@@ -175,7 +175,7 @@ async fn the_restart_limit_counts_only_restarts_within_the_sliding_window() {
 
     // Once the first restart is more than a window old, it no longer counts: a third crash
     // is restarted, where a count that never forgot would escalate...
-    tokio::time::sleep_until((first + window + Duration::from_millis(200)).into()).await;
+    tokio::time::sleep_until(first + window + Duration::from_millis(200)).await;
     crash(&server, "rae").await;
     tab.expect("resync_required").await;
     // ...and a fourth right away finds two restarts (the second and third) within the
