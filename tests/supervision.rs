@@ -318,12 +318,20 @@ async fn a_stalled_session_is_cut_off_and_the_log_says_so() {
         })
         .await
         .unwrap();
-    let (_, body) = server.admin_get("/debug/tree").await;
-    let tree: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        tree_user(&tree, "ivy").unwrap()["children"][0]["stats"]["state"],
-        "stalled"
-    );
+    // The fault reaches the session as a message of its own: wait until the tree shows it
+    // stalled, so that nothing below is written before the stall.
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        let (_, body) = server.admin_get("/debug/tree").await;
+        let tree: Value = serde_json::from_str(&body).unwrap();
+        let state = &tree_user(&tree, "ivy").unwrap()["children"][0]["stats"]["state"];
+        if state == "stalled" {
+            break;
+        }
+        assert_eq!(state, "live", "{tree}");
+        assert!(Instant::now() < deadline, "the session stalls: {tree}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let run = server.user("ivy").start_run("t", "app");
     for i in 0..200 {
         run.thinking(format!("{i}"));
