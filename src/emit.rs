@@ -128,7 +128,7 @@ impl AgentRun {
         self.stream.stop.stopped()
     }
 
-    /// Waits while the user's actor has more than `max_user_backlog` events waiting, so a
+    /// Waits while the user's actor has `max_user_backlog` or more events waiting, so a
     /// producer emitting in a tight loop cannot grow server memory without bound. Emitting
     /// never blocks; code that emits faster than the user's actor can encode should await
     /// this every few dozen events. Returns at once when the run was cancelled.

@@ -219,6 +219,38 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_server_without_an_agent_handler_get_unsupported() {
+    let server = TestServer::start_without_handler(agentwire::Config::default());
+    let mut alice = server.connect("alice").await;
+    alice
+        .send(json!({ "type": "start_agent", "user_request": "hello", "ref": "s1" }))
+        .await;
+    let error = alice.expect("error").await;
+    assert_eq!(
+        (&error["code"], &error["ref"]),
+        (&json!("unsupported"), &json!("s1"))
+    );
+    alice
+        .send(json!({ "type": "user_message", "content": "hi", "thread_id": "t", "ref": 7 }))
+        .await;
+    let error = alice.expect("error").await;
+    assert_eq!(
+        (&error["code"], &error["ref"]),
+        (&json!("unsupported"), &json!(7))
+    );
+    // Not an invalid frame: more of them than `max_invalid_frames` (20) leave the socket
+    // open.
+    for i in 0..21 {
+        alice
+            .send(json!({ "type": "start_agent", "user_request": "again", "ref": i }))
+            .await;
+        assert_eq!(alice.expect("error").await["ref"], i);
+    }
+    alice.send(json!({ "type": "ping", "ref": "open" })).await;
+    assert_eq!(alice.expect("pong").await["ref"], "open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_without_a_replay_buffer_answers_resync_required() {
     let server = TestServer::start();
     let mut alice = server.connect("alice").await;

@@ -35,6 +35,8 @@ async fn missing_bad_forged_and_expired_tokens_get_401_before_the_upgrade() {
     let server = TestServer::start();
     let url = server.ws_url();
 
+    // Each refused token names its own user, so one that got through would show up in the
+    // registry under that name.
     assert_eq!(
         status_of(url.as_str().into_client_request().unwrap()).await,
         401
@@ -46,7 +48,7 @@ async fn missing_bad_forged_and_expired_tokens_get_401_before_the_upgrade() {
 
     let forged = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &serde_json::json!({ "sub": "alice", "exp": 4_000_000_000u64 }),
+        &serde_json::json!({ "sub": "forged-user", "exp": 4_000_000_000u64 }),
         &jsonwebtoken::EncodingKey::from_secret(b"some other secret"),
     )
     .unwrap();
@@ -55,11 +57,12 @@ async fn missing_bad_forged_and_expired_tokens_get_401_before_the_upgrade() {
         401
     );
 
-    let expired = token("alice", -3600);
+    let expired = token("expired-by-subprotocol", -3600);
     assert_eq!(
         status_of(with_subprotocol(&url, &format!("jwt.{expired}"))).await,
         401
     );
+    let expired = token("expired-by-query", -3600);
     assert_eq!(
         status_of(
             format!("{url}?token={expired}")
@@ -81,7 +84,8 @@ async fn missing_bad_forged_and_expired_tokens_get_401_before_the_upgrade() {
         401
     );
 
-    // A valid token is accepted (status 101), and nothing above reached the registry.
+    // A valid token is accepted (status 101), and it is the only user the registry ever
+    // saw: nothing above reached it.
     assert_eq!(
         status_of(with_subprotocol(
             &url,
@@ -90,8 +94,18 @@ async fn missing_bad_forged_and_expired_tokens_get_401_before_the_upgrade() {
         .await,
         101
     );
-    let snapshot = server.runtime.snapshot().await.unwrap();
-    assert!(snapshot.users.len() <= 1);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let snapshot = loop {
+        let snapshot = server.runtime.snapshot().await.unwrap();
+        if !snapshot.users.is_empty() {
+            break snapshot;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "alice registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(snapshot.users.keys().collect::<Vec<_>>(), ["alice"]);
+    let metrics = server.metrics().await;
+    assert_eq!(metrics.get("agentwire_connects_total"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,9 +183,19 @@ async fn stop_agent_stops_the_simulated_agent() {
     let last = frames.last().unwrap();
     assert_eq!(last["type"], "agent_error");
     assert_eq!(last["data"]["code"], "cancelled");
-    // Nothing of that run follows.
-    zoe.send(json!({ "type": "ping" })).await;
-    zoe.expect("pong").await;
+    // Nothing of that run follows (the simulated agent is still pausing between steps when
+    // it is stopped): the next event is the first of a new run, numbered right after the
+    // cancellation.
+    zoe.send(json!({
+        "type": "start_agent",
+        "user_request": "synthetic",
+        "context": { "synthetic": { "events": 2, "interval_ms": 0 } }
+    }))
+    .await;
+    let next = zoe.collect_run().await;
+    assert_eq!(types(&next), ["agent_started", "agent_completed"]);
+    assert_eq!(next[0]["seq"], last["seq"].as_u64().unwrap() + 1);
+    assert_ne!(next[0]["run_id"], started["run_id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

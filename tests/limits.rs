@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentwire::{close_code, Config, OriginPolicy};
+use agentwire::{close_code, Config};
 use common::{connect_raw, first_close_code, TestServer};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
@@ -53,6 +53,38 @@ async fn fragments_are_assembled_within_the_same_limit() {
     client.send_frame(Data::Text, a, false).await;
     client.send_frame(Data::Continue, b, true).await;
     assert_eq!(client.expect_close().await, close_code::MESSAGE_TOO_BIG);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_inside_an_unfinished_one_or_a_stray_continuation_closes_with_1002() {
+    let server = TestServer::start();
+    let ping = br#"{"type":"ping"}"#;
+    // Each case: the frames a client sends (opcode, payload, final), all but the last
+    // legal on their own.
+    let cases: [&[(Data, &[u8], bool)]; 4] = [
+        // A whole text message started inside a fragmented one.
+        &[(Data::Text, b"{\"type\":", false), (Data::Text, ping, true)],
+        // A first fragment started inside a fragmented one.
+        &[
+            (Data::Text, b"{\"type\":", false),
+            (Data::Text, b"{", false),
+        ],
+        // A continuation with no message to continue.
+        &[(Data::Continue, ping, false)],
+        // A last fragment with no message to continue.
+        &[(Data::Continue, ping, true)],
+    ];
+    for (i, frames) in cases.into_iter().enumerate() {
+        let mut client = server.connect(&format!("framing-{i}")).await;
+        for (opcode, payload, is_final) in frames {
+            client.send_frame(*opcode, payload, *is_final).await;
+        }
+        assert_eq!(
+            client.expect_close().await,
+            close_code::PROTOCOL_ERROR,
+            "case {i}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,79 +321,67 @@ async fn requests_past_the_per_user_run_limit_get_too_many_runs() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn origins_are_checked_before_the_upgrade() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::http::HeaderValue;
-    async fn status(url: &str, origin: Option<&str>) -> u16 {
-        let mut request = url.into_client_request().unwrap();
-        if let Some(origin) = origin {
-            request
-                .headers_mut()
-                .insert("Origin", HeaderValue::from_str(origin).unwrap());
-        }
-        match tokio_tungstenite::connect_async(request).await {
-            Ok(_) => 101,
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                response.status().as_u16()
-            }
-            Err(other) => panic!("{other}"),
-        }
-    }
-    let same_host = TestServer::start();
-    let url = format!("{}?token={}", same_host.ws_url(), common::token("o", 60));
-    let own = format!("http://{}", same_host.addr);
-    assert_eq!(status(&url, Some("https://evil.example")).await, 403);
-    assert_eq!(status(&url, Some(&own)).await, 101);
-    assert_eq!(
-        status(&url, None).await,
-        101,
-        "non-browser clients send no Origin"
-    );
+/// A token for `user` whose `exp` lies `whole_secs - 0.5` seconds from now (the function
+/// first waits for the middle of a wall-clock second), and that expiry.
+async fn token_expiring_soon(user: &str, whole_secs: u64) -> (String, SystemTime) {
+    let into_second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis() as u64;
+    tokio::time::sleep(Duration::from_millis((1500 - into_second) % 1000)).await;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let exp = now.as_secs() + whole_secs;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET),
+    )
+    .unwrap();
+    (token, UNIX_EPOCH + Duration::from_secs(exp))
+}
 
-    let listed = TestServer::start_with(Config {
-        origins: OriginPolicy::AllowList(vec!["https://app.example".into()]),
-        ..Config::default()
-    });
-    let url = format!("{}?token={}", listed.ws_url(), common::token("o", 60));
-    assert_eq!(status(&url, Some("https://app.example")).await, 101);
-    assert_eq!(
-        status(&url, Some(&format!("http://{}", listed.addr))).await,
-        403
+/// Asserts that a close observed at `closed_at` came at `expiry`: not before it (beyond the
+/// clock's granularity), and not a heartbeat or the 5 s leeway later, with room for a
+/// loaded machine.
+fn assert_closed_at_expiry(closed_at: SystemTime, expiry: SystemTime) {
+    let early = Duration::from_millis(50);
+    let late = Duration::from_millis(1000);
+    assert!(
+        closed_at + early >= expiry,
+        "closed {:?} before the token's exp",
+        expiry.duration_since(closed_at).unwrap_or_default()
+    );
+    assert!(
+        closed_at <= expiry + late,
+        "closed {:?} after the token's exp",
+        closed_at.duration_since(expiry).unwrap_or_default()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_is_closed_with_4002_when_its_token_expires() {
+    // The token expires within the first heartbeat interval (10 s): the timer is armed
+    // when the session starts.
     let server = TestServer::start();
-    let url = server.ws_url();
-    let mut client = common::Client::connect_subprotocol(&url, &common::token("brief", 2)).await;
-    let started = std::time::Instant::now();
+    let (token, expiry) = token_expiring_soon("brief", 3).await;
+    let mut client = common::Client::connect_subprotocol(&server.ws_url(), &token).await;
     assert_eq!(client.expect_close().await, close_code::TOKEN_EXPIRED);
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "closed at expiry, not at once"
-    );
+    assert_closed_at_expiry(SystemTime::now(), expiry);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_outliving_several_heartbeats_still_closes_with_4002_at_expiry() {
-    // The expiry close is armed by the heartbeat once the token has less than one interval
-    // left: here after a few heartbeats, not at connect.
+    // Heartbeats at 3 s and 6 s after connecting; the token expires 7.5 s after it. The
+    // 6 s heartbeat arms the close for the expiry itself, 1.5 s before the next heartbeat.
     let server = TestServer::start_with(Config {
-        heartbeat_interval: Duration::from_millis(300),
+        heartbeat_interval: Duration::from_secs(3),
         client_timeout: Duration::from_secs(10),
         ..Config::default()
     });
-    let url = server.ws_url();
-    let mut client = common::Client::connect_subprotocol(&url, &common::token("lasting", 2)).await;
-    let started = std::time::Instant::now();
+    let (token, expiry) = token_expiring_soon("lasting", 8).await;
+    let mut client = common::Client::connect_subprotocol(&server.ws_url(), &token).await;
     assert_eq!(client.expect_close().await, close_code::TOKEN_EXPIRED);
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900),
-        "closed at expiry, not at once ({waited:?})"
-    );
+    assert_closed_at_expiry(SystemTime::now(), expiry);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,13 +398,54 @@ async fn the_welcome_comes_first_even_when_the_client_speaks_first() {
             .unwrap();
         let mut kinds = Vec::new();
         while kinds.len() < 3 {
-            if let Some(Ok(Message::Text(text))) = socket.next().await {
-                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
-                kinds.push(frame["type"].as_str().unwrap().to_owned());
+            let message = tokio::time::timeout(common::PATIENCE, socket.next())
+                .await
+                .expect("a frame within the patience window");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    kinds.push(frame["type"].as_str().unwrap().to_owned());
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected welcome, error, pong; got {other:?} after {kinds:?}"),
             }
         }
         assert_eq!(kinds, ["welcome", "error", "pong"]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_before_the_welcome_are_held_up_to_the_limit_and_one_more_closes_with_1008() {
+    let server = TestServer::start_with(Config {
+        max_frames_before_welcome: 4,
+        ..Config::default()
+    });
+    let pings = |n: usize| -> Vec<String> {
+        (1..=n)
+            .map(|i| format!(r#"{{"type":"ping","ref":{i}}}"#))
+            .collect()
+    };
+
+    // At the limit: the welcome first, then all four answered in order.
+    let (status, mut client) =
+        common::pipelined::Pipelined::open(&server, "early-4", &pings(4)).await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    assert_eq!(client.next_json().await["type"], "welcome");
+    for i in 1..=4 {
+        let pong = client.next_json().await;
+        assert_eq!((&pong["type"], &pong["ref"]), (&json!("pong"), &json!(i)));
+    }
+
+    // One past the limit: closed with 1008, with no welcome (nor anything else) first.
+    let (status, mut client) =
+        common::pipelined::Pipelined::open(&server, "early-5", &pings(5)).await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let (opcode, payload) = client.next_frame().await.expect("a frame");
+    assert_eq!(opcode, 0x8, "a close frame first, got {payload:?}");
+    assert_eq!(
+        u16::from_be_bytes([payload[0], payload[1]]),
+        close_code::POLICY_VIOLATION
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,8 +462,26 @@ async fn ids_of_128_bytes_pass_and_129_get_invalid_field() {
     let error = client.expect("error").await;
     assert_eq!(error["code"], "invalid_field");
     assert_eq!(error["ref"], "long");
+    // A `ref` of 128 bytes is echoed unchanged, in a `pong` and in an `error`; one of 129
+    // bytes is itself the invalid field, so nothing is echoed.
+    let longest_ref = "r".repeat(128);
     client
-        .send(json!({ "type": "ping", "ref": "r".repeat(129) }))
+        .send(json!({ "type": "ping", "ref": longest_ref }))
         .await;
-    assert_eq!(client.expect("error").await["code"], "invalid_field");
+    assert_eq!(client.expect("pong").await["ref"], longest_ref.as_str());
+    client
+        .send(json!({ "type": "stop_agent", "run_id": "", "ref": longest_ref }))
+        .await;
+    let error = client.expect("error").await;
+    assert_eq!(error["code"], "invalid_field");
+    assert_eq!(error["ref"], longest_ref.as_str());
+    for bad_ref in [json!("r".repeat(129)), json!({}), json!([1]), json!(true)] {
+        client.send(json!({ "type": "ping", "ref": bad_ref })).await;
+        let error = client.expect("error").await;
+        assert_eq!(error["code"], "invalid_field", "ref {bad_ref}");
+        assert_eq!(error.get("ref"), None, "ref {bad_ref}");
+    }
+    // A `ref` of null is the same as none.
+    client.send(json!({ "type": "ping", "ref": null })).await;
+    assert_eq!(client.expect("pong").await, json!({ "type": "pong" }));
 }

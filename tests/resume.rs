@@ -164,14 +164,71 @@ async fn a_resume_after_live_events_reached_the_socket_is_refused_not_reordered(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_nothing_still_gets_live_events_after_the_hold() {
+    let hold = Duration::from_millis(1500);
     let server = TestServer::start_with(Config {
-        resume_hold: Duration::from_millis(200),
+        resume_hold: hold,
         ..Config::default()
     });
+    // The hold starts when the server sends the welcome, after this instant.
+    let before_connect = std::time::Instant::now();
     let mut quiet = server.connect("eve").await;
     emit(&server, "eve", 2);
-    let frames = quiet.collect_run().await;
+    let first = quiet.next().await;
+    let waited = before_connect.elapsed();
+    assert!(
+        waited >= hold,
+        "the first live event came {waited:?} after connecting, within the hold"
+    );
+    let mut frames = vec![first];
+    frames.extend(quiet.collect_run().await);
     assert_eq!(seqs(&frames), [1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_on_a_socket_narrowed_to_a_thread_holds_only_that_threads_events() {
+    let server = TestServer::start();
+    let first = server.connect("ike").await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    first.abort();
+    server.wait_for_sessions(0).await;
+    // While away: seq 1..=3 on t1, 4..=6 on t2, 7..=9 on t1.
+    for thread in ["t1", "t2", "t1"] {
+        let run = server.user("ike").start_run(thread, "app");
+        run.thinking(thread);
+        run.complete(thread);
+    }
+
+    let mut narrow = server.connect("ike").await;
+    assert_eq!(narrow.welcome["seq"], 9);
+    narrow
+        .send(json!({ "type": "switch_thread", "thread_id": "t1" }))
+        .await;
+    narrow.expect("thread_switched").await;
+    // No live event has reached the socket yet, so this resume is still answered with a
+    // replay: t1's events in the range, then `resumed` for the whole range.
+    narrow
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 1 }))
+        .await;
+    let mut replayed = Vec::new();
+    for _ in 0..5 {
+        replayed.push(narrow.next().await);
+    }
+    assert_eq!(seqs(&replayed), [2, 3, 7, 8, 9]);
+    assert!(replayed.iter().all(|f| f["thread_id"] == "t1"));
+    let resumed = narrow.expect("resumed").await;
+    assert_eq!(
+        (&resumed["from_seq"], &resumed["to_seq"]),
+        (&json!(2), &json!(9))
+    );
+
+    // A socket without a filter resuming from the same point gets every event.
+    let mut wide = server.connect_resuming("ike", &epoch, 1).await;
+    let mut replayed = Vec::new();
+    for _ in 0..8 {
+        replayed.push(wide.next().await);
+    }
+    assert_eq!(seqs(&replayed), (2..=9).collect::<Vec<_>>());
+    wide.expect("resumed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use agentwire::supervision::SupervisionKind;
 use agentwire::{close_code, Config};
 use common::{seqs, TestServer};
 use serde_json::json;
@@ -24,8 +25,8 @@ fn rss_bytes() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_at_a_bounded_backlog() {
     let server = TestServer::start_with(Config {
+        // 256 frames of about 4.3 KiB: the frame limit binds before the default 8 MiB.
         max_session_backlog_frames: 256,
-        max_session_backlog_bytes: 1024 * 1024,
         max_user_backlog: 1_000,
         replay_max_events: 1_000,
         resume_hold: Duration::ZERO,
@@ -71,17 +72,38 @@ async fn a_client_that_stops_reading_is_cut_off_at_a_bounded_backlog() {
         "replay buffer bounded"
     );
 
-    // The slow client reads what it had: every seq from 1 up to the cut-off, no gap, then
-    // the slow-consumer close.
-    let mut expected = 1;
+    // The server cut the socket off when it was exactly the limit, 256 frames, behind, and
+    // says after which seq.
+    let events = server.runtime.supervision_events();
+    let cut_offs: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == SupervisionKind::SlowConsumer)
+        .collect();
+    assert_eq!(cut_offs.len(), 1, "{events:?}");
+    let reason = &cut_offs[0].reason;
+    assert!(
+        reason.starts_with("user:slow's socket is 256 frames ("),
+        "{reason}"
+    );
+    let cut_after: u64 = reason
+        .split_once("cut off after seq ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a seq in {reason}"));
+    // The whole backlog was queued to it, and far less than the flood: the connection's
+    // buffers hold a few MiB at most.
+    assert!((256..39_002).contains(&cut_after), "{reason}");
+
+    // The slow client reads exactly what it was sent: every seq from 1 to the cut-off, no
+    // gap, then the slow-consumer close.
+    let mut received = Vec::new();
     let code = loop {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         match tokio::time::timeout(common::PATIENCE, slow.socket.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => {
                 let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(frame["seq"], expected, "no gap before the cut-off");
-                expected += 1;
+                received.push(frame["seq"].as_u64().unwrap());
             }
             Ok(Some(Ok(Message::Close(Some(close))))) => break u16::from(close.code),
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
@@ -90,18 +112,36 @@ async fn a_client_that_stops_reading_is_cut_off_at_a_bounded_backlog() {
     };
     assert_eq!(code, close_code::SLOW_CONSUMER);
     assert!(
-        expected > 1 && expected < 40_000,
-        "cut off after {} events",
-        expected - 1
+        received.iter().copied().eq(1..=cut_after),
+        "seqs 1..={cut_after} in order, got {} frames",
+        received.len()
     );
 
-    // Resuming gets back what the buffer still holds, or an honest resync.
+    // Every event after the cut-off is counted as dropped for the slow consumer: the rest
+    // of the 40,000 thinking events and the completion (seq 40,002).
+    server.wait_for_sessions(1).await;
+    let metrics = server.metrics().await;
+    let dropped = |event_type: &str| {
+        metrics.get(&format!(
+            "agentwire_events_dropped_total{{type=\"{event_type}\",reason=\"slow_consumer\"}}"
+        ))
+    };
+    assert_eq!(dropped("agent_thinking"), (40_001 - cut_after) as f64);
+    assert_eq!(dropped("agent_completed"), 1.0);
+    assert_eq!(
+        metrics.get("agentwire_disconnects_total{code=\"4001\"}"),
+        1.0
+    );
+
+    // The buffer keeps the last 1,000 of the 40,002 events (seq 39,003 on), so a resume
+    // from the cut-off cannot be exact: the answer is `resync_required` at 40,002, before
+    // anything else.
     let epoch = slow.welcome["epoch"].as_str().unwrap().to_owned();
-    let mut again = server.connect_resuming("slow", &epoch, expected - 1).await;
-    let answer = again.next().await;
-    assert!(
-        answer["type"] == "resync_required" || answer["seq"] == expected,
-        "{answer}"
+    let mut again = server.connect_resuming("slow", &epoch, cut_after).await;
+    assert_eq!(again.welcome["seq"], 40_002);
+    assert_eq!(
+        again.next().await,
+        json!({ "type": "resync_required", "epoch": epoch, "seq": 40_002 })
     );
 }
 
@@ -149,4 +189,150 @@ async fn a_drain_closes_every_socket_with_1012_after_everything_queued() {
         }
         other => panic!("expected 503, got {:?}", other.map(|_| ())),
     }
+}
+
+/// An upgrade request with a valid token, written by hand; returns the status, the head's
+/// header lines (lowercased names) and the body.
+async fn upgrade_answer(server: &TestServer) -> (u16, Vec<String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        common::token("late", 60),
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(common::PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .expect("a refusal closes the connection")
+        .unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .map(|line| match line.split_once(':') {
+            Some((name, value)) => format!("{}: {}", name.to_ascii_lowercase(), value.trim()),
+            None => line.to_owned(),
+        })
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_drain_upgrades_get_503_and_events_are_numbered_but_not_sent() {
+    let server = TestServer::start_with(Config {
+        // Room for the whole flood below: the stalled socket is never cut off as slow.
+        max_session_backlog_frames: 10_000,
+        max_session_backlog_bytes: 128 * 1024 * 1024,
+        ..Config::default()
+    });
+    let mut stalled = server.connect("stalled").await;
+    let mut calm = server.connect("calm").await;
+    for client in [&mut stalled, &mut calm] {
+        client.send(json!({ "type": "ping" })).await; // ends the resume hold
+        client.expect("pong").await;
+    }
+
+    // `stalled` stops reading while 32 MiB are sent to it: far more than the connection's
+    // buffers take, so its session holds the rest and cannot write its close either.
+    let flood = {
+        let user = server.user("stalled");
+        tokio::spawn(async move {
+            let run = user.start_run("t", "flooder");
+            for _ in 0..2_000 {
+                run.ready().await;
+                run.thinking("x".repeat(16 * 1024));
+            }
+            run.complete("flooded"); // seq 2,002
+        })
+    };
+    flood.await.unwrap();
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let snapshot = server.runtime.snapshot().await.unwrap();
+        let user = &snapshot.users["stalled"];
+        let session = user.sessions.values().next().unwrap();
+        if user.stats.backlog == 0 && session.backlog > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{snapshot:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let runtime = server.runtime.clone();
+    let shutdown = tokio::spawn(async move { runtime.shutdown(Duration::from_secs(3)).await });
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while !server.runtime.snapshot().await.unwrap().draining {
+        assert!(tokio::time::Instant::now() < deadline, "the drain began");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // While the drain runs, an upgrade with a valid token is refused with 503.
+    let (status, headers, body) = upgrade_answer(&server).await;
+    assert_eq!(status, 503);
+    assert!(
+        headers.contains(&"retry-after: 1".to_owned()),
+        "{headers:?}"
+    );
+    assert_eq!(body, "draining");
+
+    // Events emitted now (seq 2,003 to 2,005) are numbered, but the closing socket does not
+    // get them.
+    let run = server.user("stalled").start_run("t", "late");
+    run.thinking("emitted during the drain");
+    run.complete("too late");
+
+    // `calm` is closed with 1012; the stalled socket is still open at the deadline.
+    let report = shutdown.await.unwrap().unwrap();
+    assert_eq!((report.closed, report.still_open), (1, 1));
+    assert_eq!(calm.expect_close().await, close_code::SERVICE_RESTART);
+    let metrics = server.metrics().await;
+    for event_type in ["agent_started", "agent_thinking", "agent_completed"] {
+        let published = if event_type == "agent_thinking" {
+            2_001.0
+        } else {
+            2.0
+        };
+        assert_eq!(
+            metrics.get(&format!(
+                "agentwire_events_published_total{{type=\"{event_type}\"}}"
+            )),
+            published
+        );
+        assert_eq!(
+            metrics.get(&format!(
+                "agentwire_events_dropped_total{{type=\"{event_type}\",reason=\"draining\"}}"
+            )),
+            1.0,
+            "{event_type}"
+        );
+    }
+
+    // Once it reads again, the stalled client gets everything sent before the drain, with
+    // no gap, then 1012: nothing of the run emitted during the drain.
+    let mut received = Vec::new();
+    let code = loop {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        match tokio::time::timeout(common::PATIENCE, stalled.socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                received.push(frame["seq"].as_u64().unwrap());
+            }
+            Ok(Some(Ok(Message::Close(Some(close))))) => break u16::from(close.code),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, close_code::SERVICE_RESTART);
+    assert!(
+        received.iter().copied().eq(1..=2_002),
+        "seqs 1..=2002 in order, got {} frames ending {:?}",
+        received.len(),
+        received.last()
+    );
 }

@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{seqs, types, TestServer};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_at_once_never_see_each_others_frames() {
@@ -87,6 +90,55 @@ async fn two_tabs_of_one_user_see_identical_sequences() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_from_one_tab_ends_the_run_on_every_tab_that_follows_its_thread() {
+    let server = TestServer::start();
+    let mut tab1 = server.connect("ivy").await;
+    let mut tab2 = server.connect("ivy").await;
+    let mut elsewhere = server.connect("ivy").await;
+    server.wait_for_sessions(3).await;
+    elsewhere
+        .send(json!({ "type": "switch_thread", "thread_id": "other" }))
+        .await;
+    elsewhere.expect("thread_switched").await;
+    tab2.send(json!({ "type": "ping" })).await; // ends the resume hold
+    tab2.expect("pong").await;
+
+    tab1.send(json!({ "type": "start_agent", "user_request": "wait", "thread_id": "t" }))
+        .await;
+    let mut run_id = Value::Null;
+    for tab in [&mut tab1, &mut tab2] {
+        let started = tab.expect("agent_started").await;
+        assert_eq!(started["seq"], 1);
+        run_id = started["run_id"].clone();
+        assert_eq!(tab.expect("agent_thinking").await["seq"], 2);
+    }
+    tab1.send(json!({ "type": "stop_agent", "run_id": run_id }))
+        .await;
+    for tab in [&mut tab1, &mut tab2] {
+        let error = tab.expect("agent_error").await;
+        assert_eq!(
+            (&error["seq"], &error["run_id"], &error["data"]["code"]),
+            (&json!(3), &run_id, &json!("cancelled"))
+        );
+    }
+    // Nothing of the stopped run follows on either tab (its handler emits once more after
+    // the stop): the next event on both is the first of a new run, seq 4.
+    tab2.send(json!({ "type": "start_agent", "user_request": "stream:0", "thread_id": "t" }))
+        .await;
+    for tab in [&mut tab1, &mut tab2] {
+        let frames = tab.collect_run().await;
+        assert_eq!(seqs(&frames), [4, 5]);
+        assert_ne!(frames[0]["run_id"], run_id);
+    }
+    // The tab narrowed to another thread saw none of it.
+    let run = server.user("ivy").start_run("other", "app");
+    run.complete("elsewhere");
+    let frames = elsewhere.collect_run().await;
+    assert_eq!(seqs(&frames), [6, 7]);
+    assert!(frames.iter().all(|f| f["thread_id"] == "other"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_thread_narrows_one_socket_only() {
     let server = TestServer::start();
     let mut narrow = server.connect("dave").await;
@@ -129,39 +181,53 @@ async fn switch_thread_narrows_one_socket_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_restarts_the_resume_window_and_each_user_expires_on_its_own_clock() {
-    let window = std::time::Duration::from_millis(600);
+    let window = Duration::from_secs(3);
     let server = TestServer::start_with(agentwire::Config {
         resume_window: window,
         ..agentwire::Config::default()
     });
-    // gail goes idle first, then hal; gail comes back and leaves again, so her window
-    // starts over and now ends after hal's.
+    // gail goes idle first, then (1 s later) hal; 1 s after that gail comes back and leaves
+    // again, so her window starts over and now ends 1 s after hal's.
     drop(server.connect("gail").await);
     server.wait_for_sessions(0).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     drop(server.connect("hal").await);
     server.wait_for_sessions(0).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let gail = server.connect("gail").await;
     server.wait_for_sessions(1).await;
+    let gail_idle = Instant::now();
     drop(gail);
-    let gail_idle = std::time::Instant::now();
     server.wait_for_sessions(0).await;
 
-    server.wait_for_user_gone("hal").await;
+    // Both idle now; gail's window counts from her second departure, after hal's.
     let snapshot = server.runtime.snapshot().await.unwrap();
-    assert!(
-        snapshot.users.contains_key("gail") || gail_idle.elapsed() >= window,
-        "gail was retired on her first window, not the one her reconnect started"
-    );
+    let idle_ms = |user: &str| snapshot.users[user].idle_ms.expect("idle");
+    assert!(idle_ms("gail") < idle_ms("hal"), "{snapshot:?}");
+
+    // The first of them to go is hal, alone: gail was not retired on her first window
+    // (which ended 1 s before hal's).
+    let deadline = Instant::now() + common::PATIENCE;
+    let users = loop {
+        let snapshot = server.runtime.snapshot().await.unwrap();
+        if snapshot.users.len() < 2 {
+            break snapshot.users.into_keys().collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "{snapshot:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(users, ["gail"], "hal's window ended first");
     server.wait_for_user_gone("gail").await;
-    assert!(gail_idle.elapsed() >= window - std::time::Duration::from_millis(50));
+    assert!(
+        gail_idle.elapsed() >= window,
+        "a whole window after she left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_tracks_sockets_and_retires_users() {
     let server = TestServer::start_with(agentwire::Config {
-        resume_window: std::time::Duration::from_millis(300),
+        resume_window: Duration::from_millis(300),
         ..agentwire::Config::default()
     });
     let erin1 = server.connect("erin").await;
@@ -193,18 +259,20 @@ async fn the_registry_tracks_sockets_and_retires_users() {
         .user(agentwire::UserId::new("erin").unwrap())
         .start_run("t", "app");
     run.complete("nobody is listening");
-    let deadline = std::time::Instant::now() + common::PATIENCE;
-    while server
-        .runtime
-        .snapshot()
-        .await
-        .unwrap()
-        .dropped_for_absent_users
-        < 2
-    {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let deadline = Instant::now() + common::PATIENCE;
+    let dropped = loop {
+        let dropped = server
+            .runtime
+            .snapshot()
+            .await
+            .unwrap()
+            .dropped_for_absent_users;
+        if dropped >= 2 || Instant::now() >= deadline {
+            break dropped;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(dropped, 2, "agent_started and agent_completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,9 +309,13 @@ async fn the_application_emits_through_the_runtime_to_every_tab() {
     assert!(frames1[0]["data"].get("user_request").is_none());
     assert_eq!(frames1[3]["data"]["error"], "mail server down");
 
-    // Hank received nothing: his next frame is his own pong.
-    other.send(json!({ "type": "ping" })).await;
-    other.expect("pong").await;
+    // Hank received nothing: his next frames are his own first run, numbered from 1.
+    let run = server.user("hank").start_run("inbox", "mailer");
+    run.complete("Nothing for you.");
+    let frames = other.collect_run().await;
+    assert_eq!(types(&frames), ["agent_started", "agent_completed"]);
+    assert_eq!(seqs(&frames), [1, 2]);
+    assert_ne!(frames[0]["run_id"], frames1[0]["run_id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod metrics;
+pub mod pipelined;
+
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpServer};
@@ -40,22 +44,36 @@ impl TestServer {
     }
 
     pub fn start_with(config: Config) -> TestServer {
-        Self::start_node(config, None)
+        Self::start_node(config, true, None)
+    }
+
+    /// A server whose runtime has no agent handler (`start_agent` is `unsupported`).
+    pub fn start_without_handler(config: Config) -> TestServer {
+        Self::start_node(config, false, None)
     }
 
     /// A node of a cluster on the Redis at `redis_url` (keys under `prefix`).
     pub fn start_clustered(config: Config, redis_url: &str, prefix: &str) -> TestServer {
-        Self::start_node(config, Some((redis_url.to_owned(), prefix.to_owned())))
+        Self::start_node(
+            config,
+            true,
+            Some((redis_url.to_owned(), prefix.to_owned())),
+        )
     }
 
-    fn start_node(config: Config, redis: Option<(String, String)>) -> TestServer {
+    fn start_node(
+        config: Config,
+        with_handler: bool,
+        redis: Option<(String, String)>,
+    ) -> TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
-                let mut builder = Runtime::builder(JwtAuthenticator::hs256(SECRET))
-                    .config(config)
-                    .handler(TestAgent);
+                let mut builder = Runtime::builder(JwtAuthenticator::hs256(SECRET)).config(config);
+                if with_handler {
+                    builder = builder.handler(TestAgent);
+                }
                 if let Some((url, prefix)) = redis {
                     builder = builder.redis(url).redis_prefix(prefix);
                 }
@@ -293,11 +311,23 @@ pub fn seqs(frames: &[Value]) -> Vec<u64> {
 /// - `panic`: a tool call is opened, then the handler panics;
 /// - `wait`: waits (up to 30 s) for `stop_agent`, then returns;
 /// - `fail`: the run fails;
-/// - `pace:N:MS`: N thinking events MS milliseconds apart, then completed.
+/// - `pace:N:MS`: N thinking events MS milliseconds apart, then completed;
+/// - `block:MS`: blocks the worker thread it runs on for MS milliseconds (what an
+///   application must never do), with [`WORKER_BLOCKED`] set meanwhile; starts no run.
 pub struct TestAgent;
+
+/// Set while a `block:MS` request holds its worker thread.
+pub static WORKER_BLOCKED: AtomicBool = AtomicBool::new(false);
 
 impl AgentHandler for TestAgent {
     async fn start_agent(&self, ctx: AgentContext, request: StartAgent) {
+        if let Some(ms) = request.user_request.strip_prefix("block:") {
+            let ms = ms.parse().unwrap_or(1000);
+            WORKER_BLOCKED.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(ms));
+            WORKER_BLOCKED.store(false, Ordering::SeqCst);
+            return;
+        }
         let run = ctx.start_run("test-agent");
         match request.user_request.as_str() {
             "golden" => {

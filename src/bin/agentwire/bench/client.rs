@@ -18,6 +18,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+/// How long after the load stops a socket keeps reading for the runs still on their way
+/// to it; a run that has not ended by then is counted as unfinished.
+const RUN_GRACE: Duration = Duration::from_secs(30);
+
 /// What one client is asked to do.
 #[derive(Clone)]
 pub struct ClientPlan {
@@ -148,12 +152,16 @@ async fn drive(
         // Ends the server's resume hold at once.
         send(&mut ws, json!({ "type": "ping" }).to_string()).await?;
     }
+    // The runs this socket saw start and not yet end: the driver's own, and on a user's
+    // other sockets the driver's runs as they arrive.
     let mut open_runs: Vec<String> = Vec::new();
     let mut runs_in_flight = u64::from(plan.drives_runs && Instant::now() < run_until);
     loop {
-        let deadline = if runs_in_flight > 0 {
-            // Never wait forever for a run: the benchmark reports what did not end.
-            run_until + Duration::from_secs(30)
+        // Every socket reads until each run it started, or saw start, has ended; the end
+        // of a run can arrive well after the load stops (flat out, latency is the length
+        // of the queue). Never wait forever: what has not ended by the grace is reported.
+        let deadline = if runs_in_flight > 0 || !open_runs.is_empty() {
+            run_until + RUN_GRACE
         } else {
             hold_until
         };

@@ -89,12 +89,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let limit = server::raise_fd_limit();
     eprintln!("open-file limit: {limit} (raised to the hard limit)");
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("CT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
+        .worker_threads(args.client_threads.max(1))
         .enable_all()
         .build()?;
     let secret = args.jwt_secret.clone().unwrap_or_else(|| {

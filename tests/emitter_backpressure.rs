@@ -1,0 +1,73 @@
+//! Emitter backpressure over a real socket: `AgentRun::ready` holds a producer in a tight
+//! loop once `max_user_backlog` events wait in the user's actor's mailbox, and lets it go
+//! on, losing nothing, once the actor catches up.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire::Config;
+use common::{seqs, TestServer, WORKER_BLOCKED};
+use serde_json::json;
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_holds_a_tight_loop_at_max_user_backlog() {
+    let server = TestServer::start_with(Config {
+        max_user_backlog: 100,
+        ..Config::default()
+    });
+    let mut client = server.connect("tess").await;
+    client.send(json!({ "type": "ping" })).await; // ends the resume hold
+    client.expect("pong").await;
+
+    // tess's actor runs on the worker thread of her socket (the default placement), where
+    // her requests' handlers run too: a handler that blocks that thread stops the actor
+    // from handling its mailbox, as a slow actor would.
+    client
+        .send(json!({ "type": "start_agent", "user_request": "block:3000" }))
+        .await;
+    let deadline = Instant::now() + common::PATIENCE;
+    while !WORKER_BLOCKED.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the handler blocks its worker");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let emitted = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let user = server.user("tess");
+        let emitted = emitted.clone();
+        tokio::spawn(async move {
+            let run = user.start_run("t", "producer");
+            for i in 0..500 {
+                run.ready().await;
+                run.thinking(i.to_string());
+                emitted.fetch_add(1, Ordering::SeqCst);
+            }
+            run.complete("done");
+        })
+    };
+    // agent_started and 99 thinking events fill the mailbox to 100; then `ready` waits.
+    let deadline = Instant::now() + common::PATIENCE;
+    while emitted.load(Ordering::SeqCst) < 99 {
+        assert!(Instant::now() < deadline, "the producer emits");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held_at = emitted.load(Ordering::SeqCst);
+    let snapshot = server.runtime.snapshot().await.unwrap();
+    assert!(
+        WORKER_BLOCKED.load(Ordering::SeqCst),
+        "too slow to test: the worker was released before the producer was seen waiting"
+    );
+    assert_eq!(held_at, 99, "the producer waits at the limit");
+    assert_eq!(snapshot.users["tess"].stats.backlog, 100);
+
+    // Once the actor handles its mailbox again the producer goes on, and every event
+    // arrives, in order.
+    producer.await.unwrap();
+    let frames = client.collect_run().await;
+    assert_eq!(seqs(&frames), (1..=502).collect::<Vec<_>>());
+}
