@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use agentwire::{close_code, supervision::SupervisionKind, Config, Fault, UserId};
-use common::{seqs, TestServer};
+use common::{seqs, TestServer, WORKER_BLOCKED};
 use serde_json::{json, Value};
 
 async fn crash(server: &TestServer, user: &str) {
@@ -332,11 +333,24 @@ async fn a_stalled_session_is_cut_off_and_the_log_says_so() {
         assert!(Instant::now() < deadline, "the session stalls: {tree}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Hold ivy's worker thread (where her actor runs) while the whole run is emitted, so
+    // all 202 events wait in her actor's mailbox ahead of anything the cut-off causes: the
+    // socket's close, and the registry's detach after it, can only queue behind them.
+    ivy.send(json!({ "type": "start_agent", "user_request": "block:1500" }))
+        .await;
+    while !WORKER_BLOCKED.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the handler blocks its worker");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let run = server.user("ivy").start_run("t", "app");
     for i in 0..200 {
         run.thinking(format!("{i}"));
     }
     run.complete("done");
+    assert!(
+        WORKER_BLOCKED.load(Ordering::SeqCst),
+        "emitted while the actor was held"
+    );
     // Nothing was written during the stall, so the 51st event (seq 51) found the backlog
     // at the limit of 50: the socket gets seq 1 to 50, in order, then 4001.
     let mut received = Vec::new();
