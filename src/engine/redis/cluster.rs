@@ -438,12 +438,14 @@ impl Monitor for Shared {
         self.metrics.engine_published(latency.as_secs_f64());
     }
 
-    fn lease_lost(&self) {
-        log::warn!("redis engine: this node's lease was lost; other nodes may end its runs");
+    fn batch_dropped(&self, user: &UserId, events: usize, error: &super::EngineError) {
+        self.metrics
+            .dropped("unknown", DropReason::EngineUnavailable, events as u64);
+        log::error!("redis engine: Redis refused {events} event(s) of user:{user}: {error}");
     }
 
-    fn node_swept(&self, node: &str, runs: usize) {
-        log::warn!("redis engine: node {node} is gone; ended its {runs} run(s) with node_lost");
+    fn subscriber_disconnected(&self) {
+        log::warn!("redis engine: lost the pub/sub connection; reconnecting");
     }
 }
 
@@ -517,7 +519,14 @@ impl Engine for ClusterEngine {
                     return StopOutcome::Unavailable;
                 };
                 match core.stop(&user, &run_id).await {
-                    Ok(super::StopOutcome::Sent { .. }) => StopOutcome::Stopped,
+                    Ok(super::StopOutcome::Sent {
+                    delivered: true, ..
+                }) => StopOutcome::Stopped,
+                // The owning node is not listening now (it is reconnecting, or dead, and
+                // then its runs end with node_lost): the client may ask again.
+                Ok(super::StopOutcome::Sent {
+                    delivered: false, ..
+                }) => StopOutcome::Unavailable,
                     Ok(super::StopOutcome::NotFound) => StopOutcome::NotFound,
                     Err(error) => {
                         log::warn!("redis engine: stop of run {run_id} of user:{user}: {error}");
