@@ -520,13 +520,13 @@ impl Engine for ClusterEngine {
                 };
                 match core.stop(&user, &run_id).await {
                     Ok(super::StopOutcome::Sent {
-                    delivered: true, ..
-                }) => StopOutcome::Stopped,
-                // The owning node is not listening now (it is reconnecting, or dead, and
-                // then its runs end with node_lost): the client may ask again.
-                Ok(super::StopOutcome::Sent {
-                    delivered: false, ..
-                }) => StopOutcome::Unavailable,
+                        delivered: true, ..
+                    }) => StopOutcome::Stopped,
+                    // The owning node is not listening now (it is reconnecting, or dead, and
+                    // then its runs end with node_lost): the client may ask again.
+                    Ok(super::StopOutcome::Sent {
+                        delivered: false, ..
+                    }) => StopOutcome::Unavailable,
                     Ok(super::StopOutcome::NotFound) => StopOutcome::NotFound,
                     Err(error) => {
                         log::warn!("redis engine: stop of run {run_id} of user:{user}: {error}");
