@@ -181,7 +181,7 @@ impl Default for Metrics {
         );
         registry.register(
             "events_published",
-            "Agent events numbered by a user actor, by type",
+            "Agent events numbered in a user's stream (with Redis: queued for publishing by this node), by type",
             metrics.published.clone(),
         );
         registry.register(

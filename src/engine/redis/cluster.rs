@@ -125,7 +125,7 @@ impl Shared {
         let Some(core) = self.core() else { return };
         let outgoing = OutgoingEvent::new(run.user.clone(), &run.meta, &run.fields, at, event);
         match core.publisher().enqueue(outgoing) {
-            Ok(()) => {}
+            Ok(()) => self.metrics.published(event.wire_type()),
             Err(EnqueueError::Full(_) | EnqueueError::Closed(_)) => {
                 self.refused(run, event);
             }
