@@ -308,7 +308,8 @@ fn start_engine(
         }
         redis.history_max_events = config.replay_max_events.max(1);
         redis.history_ttl = config.replay_max_age;
-        let engine = crate::engine::ClusterEngine::start(redis, metrics)
+        let max_user_backlog = usize::try_from(config.max_user_backlog).unwrap_or(usize::MAX);
+        let engine = crate::engine::ClusterEngine::start(redis, max_user_backlog, metrics)
             .map_err(|e| ConfigError::new(format!("redis: {e}")))?;
         return Ok(Arc::new(engine));
     }

@@ -251,3 +251,47 @@ async fn two_users_on_three_nodes_each_get_their_whole_stream_in_order() {
         "no run crossed users"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emitter_that_awaits_ready_waits_for_redis_instead_of_losing_its_run() {
+    let redis = TestRedis::start();
+    let config = Config {
+        max_user_backlog: 50,
+        ..Config::default()
+    };
+    let node = TestServer::start_clustered(config, &redis.url(), "backpressure");
+    let mut client = node.connect("kim").await;
+    client.send(json!({ "type": "ping" })).await;
+    client.expect("pong").await;
+
+    redis.pause();
+    let emitted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let producer = {
+        let (user, emitted) = (node.user("kim"), emitted.clone());
+        tokio::spawn(async move {
+            let run = user.start_run("t", "producer");
+            emitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for i in 0..200 {
+                run.ready().await;
+                run.thinking(i.to_string());
+                emitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            run.complete("done");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        emitted.load(std::sync::atomic::Ordering::SeqCst),
+        50,
+        "ready() holds the producer at the user's backlog while Redis cannot take events"
+    );
+    redis.resume();
+    tokio::time::timeout(PATIENCE, producer)
+        .await
+        .expect("the producer finishes once Redis is back")
+        .unwrap();
+    let got = events(&mut client, 202).await;
+    let start = client.welcome["seq"].as_u64().unwrap();
+    assert_eq!(seqs(&got), (start + 1..=start + 202).collect::<Vec<_>>());
+    assert_eq!(got[201]["type"], "agent_completed", "the run was not cut");
+}

@@ -60,6 +60,11 @@ struct Shared {
     /// This node's live runs, by run id, for stop requests from any node.
     runs: Mutex<HashMap<Arc<str>, Arc<RunStream>>>,
     metrics: Arc<Metrics>,
+    /// Each user's events queued for publishing and not yet applied by Redis: an emitter's
+    /// `ready()` waits while its user has `max_user_backlog` of them, as it waits for the
+    /// user actor's mailbox with the in-process engine.
+    queued: Mutex<HashMap<UserId, usize>>,
+    max_user_backlog: usize,
     self_ref: Weak<Shared>,
 }
 
@@ -77,7 +82,11 @@ struct Receiver {
 impl ClusterEngine {
     /// Starts the node's Redis engine on its own arbiter. Connecting happens in the
     /// background: a Redis that is down at start is retried like one that went down later.
-    pub(crate) fn start(config: RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub(crate) fn start(
+        config: RedisConfig,
+        max_user_backlog: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         config.validate().map_err(|e| e.to_string())?;
         let bound = config.node_lost_bound();
         let arbiter = actix::Arbiter::new();
@@ -88,6 +97,8 @@ impl ClusterEngine {
             generations: Mutex::new(0),
             runs: Mutex::default(),
             metrics,
+            queued: Mutex::default(),
+            max_user_backlog,
             self_ref: self_ref.clone(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -124,7 +135,7 @@ impl Shared {
     fn enqueue(self: &Arc<Self>, run: &Arc<RunStream>, event: &AgentEvent, at: SystemTime) {
         let Some(core) = self.core() else { return };
         let outgoing = OutgoingEvent::new(run.user.clone(), &run.meta, &run.fields, at, event);
-        match core.publisher().enqueue(outgoing) {
+        match self.push(core, outgoing) {
             Ok(()) => self.metrics.published(event.wire_type()),
             Err(EnqueueError::Full(_) | EnqueueError::Closed(_)) => {
                 self.refused(run, event);
@@ -166,7 +177,7 @@ impl Shared {
             outgoing.step = Step::End;
             loop {
                 core.publisher().room(outgoing.size()).await;
-                match core.publisher().enqueue(outgoing) {
+                match this.push(core, outgoing) {
                     Ok(()) => break,
                     Err(EnqueueError::Full(back)) => outgoing = *back,
                     Err(EnqueueError::Closed(back)) => {
@@ -181,6 +192,29 @@ impl Shared {
             }
             this.forget_run(&run);
         });
+    }
+
+    /// Queues one event for publishing, counting it as its user's.
+    fn push(&self, core: &RedisEngine, outgoing: OutgoingEvent) -> Result<(), EnqueueError> {
+        // Counted before it is queued: the publisher may apply it (and uncount it) at once.
+        let user = outgoing.user.clone();
+        *self.queued.lock().entry(user.clone()).or_insert(0) += 1;
+        let queued = core.publisher().enqueue(outgoing);
+        if queued.is_err() {
+            self.unqueued(&user, 1);
+        }
+        queued
+    }
+
+    /// `events` of `user`'s queued events left the queue (applied, or refused for good).
+    fn unqueued(&self, user: &UserId, events: usize) {
+        let mut queued = self.queued.lock();
+        if let Some(count) = queued.get_mut(user) {
+            *count = count.saturating_sub(events);
+            if *count == 0 {
+                queued.remove(user);
+            }
+        }
     }
 
     fn forget_run(&self, run: &RunStream) {
@@ -405,7 +439,7 @@ impl Inbound for Shared {
                 OutgoingEvent::new(user, &run.meta, &run.fields, SystemTime::now(), &error);
             outgoing.step = Step::End;
             if let Some(core) = this.core() {
-                if core.publisher().enqueue(outgoing).is_err() {
+                if this.push(core, outgoing).is_err() {
                     this.refused(&run, &error);
                 }
             }
@@ -434,11 +468,13 @@ impl Monitor for Shared {
         log::debug!("redis engine: {}: {error}", part.name());
     }
 
-    fn published(&self, _: &UserId, _: &super::BatchOutcome, latency: Duration) {
+    fn published(&self, user: &UserId, events: usize, _: &super::BatchOutcome, latency: Duration) {
         self.metrics.engine_published(latency.as_secs_f64());
+        self.unqueued(user, events);
     }
 
     fn batch_dropped(&self, user: &UserId, events: usize, error: &super::EngineError) {
+        self.unqueued(user, events);
         self.metrics
             .dropped("unknown", DropReason::EngineUnavailable, events as u64);
         log::error!("redis engine: Redis refused {events} event(s) of user:{user}: {error}");
@@ -504,11 +540,20 @@ impl Engine for ClusterEngine {
         }
     }
 
-    fn has_room(&self, _run: &RunStream) -> bool {
-        // Room for a typical event; a larger one is still queued if there is any room.
-        self.shared
-            .core()
-            .is_none_or(|core| core.publisher().has_room(1024))
+    fn has_room(&self, run: &RunStream) -> bool {
+        let user_queued = self
+            .shared
+            .queued
+            .lock()
+            .get(&run.user)
+            .copied()
+            .unwrap_or(0);
+        // The user's own share, and room in the node's queue for a typical event.
+        user_queued < self.shared.max_user_backlog
+            && self
+                .shared
+                .core()
+                .is_none_or(|core| core.publisher().has_room(1024))
     }
 
     fn stop(&self, user: &UserId, run_id: &str) -> EngineFuture<StopOutcome> {

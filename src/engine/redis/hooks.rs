@@ -52,8 +52,16 @@ impl Part {
 
 /// Observes the engine; every method has an empty default.
 pub(crate) trait Monitor: Send + Sync + 'static {
-    /// A batch of `user`'s events was applied, `latency` after it was sent first.
-    fn published(&self, _user: &UserId, _outcome: &BatchOutcome, _latency: Duration) {}
+    /// A batch of `events` of `user`'s events was applied, `latency` after it was sent
+    /// first.
+    fn published(
+        &self,
+        _user: &UserId,
+        _events: usize,
+        _outcome: &BatchOutcome,
+        _latency: Duration,
+    ) {
+    }
 
     /// Redis failed `part`; it is retried (with backoff) when [`EngineError::is_transient`].
     fn error(&self, _part: Part, _error: &EngineError) {}
