@@ -9,7 +9,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::client::ClientRecord;
-use super::server::{ProcessUsage, Target};
+use super::node_metrics::NodeMetrics;
+use super::server::ProcessUsage;
 use super::{BenchArgs, Scenario};
 
 /// The figures of one scenario against one server.
@@ -33,8 +34,20 @@ pub struct Outcome {
     /// Churn scenario: complete connections (handshake to welcome, then close) per second
     /// while the load ran.
     pub churn_connects_per_sec: Option<f64>,
+    /// Server processes: 1, or the nodes of a cluster.
+    pub nodes: usize,
+    /// The open sessions each node counted when the ramp ended (from its `/metrics`; empty
+    /// for a server that has none).
+    pub sessions_per_node: Vec<u64>,
+    /// Growth of the server's RSS (summed over its processes) over the ramp, per socket.
     pub server_rss_bytes_per_socket: Option<f64>,
+    /// The server's CPU (summed over its processes) during the load, per event.
     pub server_cpu_us_per_event: Option<f64>,
+    /// Redis's own CPU (`INFO cpu`, user plus system) during the load, per event: cluster
+    /// runs only.
+    pub redis_cpu_us_per_event: Option<f64>,
+    /// The Redis engine's repairs during the load, over all nodes: cluster runs only.
+    pub engine: Option<EngineCounters>,
     /// The load generator's own CPU (user plus system) during the load, per event: what it
     /// takes from the cores it shares with the server.
     pub generator_cpu_us_per_event: Option<f64>,
@@ -42,6 +55,35 @@ pub struct Outcome {
     pub throughput_per_sec: Vec<u64>,
     /// The first few client errors, for diagnosis.
     pub errors: Vec<String>,
+}
+
+/// What the Redis engine repaired during the load, summed over the nodes (from their
+/// `/metrics`): none of it is visible to a client when the repair works.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Gaps in a user's pub/sub stream filled from history.
+    pub gaps_repaired: u64,
+    /// Streams continued at a new position (clients told `resync_required`).
+    pub resyncs: u64,
+    /// Failed Redis operations.
+    pub errors: u64,
+}
+
+impl EngineCounters {
+    /// The growth of each counter from `before` to `after` (both node by node).
+    pub fn between(before: &[NodeMetrics], after: &[NodeMetrics]) -> EngineCounters {
+        let mut counters = EngineCounters {
+            gaps_repaired: 0,
+            resyncs: 0,
+            errors: 0,
+        };
+        for (b, a) in before.iter().zip(after) {
+            counters.gaps_repaired += a.gaps_repaired.saturating_sub(b.gaps_repaired);
+            counters.resyncs += a.resyncs.saturating_sub(b.resyncs);
+            counters.errors += a.engine_errors.saturating_sub(b.engine_errors);
+        }
+        counters
+    }
 }
 
 /// Latency percentiles in microseconds.
@@ -56,7 +98,7 @@ pub struct Percentiles {
 
 impl Outcome {
     pub(super) fn new(
-        target: Target,
+        target: String,
         scenario: Scenario,
         records: Vec<ClientRecord>,
         phases: (Duration, Duration, Duration),
@@ -71,7 +113,7 @@ impl Outcome {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         let mut timeline: Vec<u64> = Vec::new();
         let mut outcome = Outcome {
-            target: target.name().to_owned(),
+            target,
             scenario: format!("{scenario:?}").to_lowercase(),
             sockets: records.len(),
             connected: 0,
@@ -91,8 +133,12 @@ impl Outcome {
             },
             connects_per_sec: 0.0,
             churn_connects_per_sec: None,
+            nodes: 1,
+            sessions_per_node: Vec::new(),
             server_rss_bytes_per_socket: None,
             server_cpu_us_per_event: None,
+            redis_cpu_us_per_event: None,
+            engine: None,
             generator_cpu_us_per_event: None,
             throughput_per_sec: Vec::new(),
             errors: Vec::new(),
@@ -206,6 +252,19 @@ pub fn print(outcomes: &[Outcome]) {
             "connects/s (churn, under load)",
             Box::new(|o| opt(o.churn_connects_per_sec, 1.0, 0)),
         ),
+        ("server processes", Box::new(|o| o.nodes.to_string())),
+        (
+            "sessions per node (at load)",
+            Box::new(|o| {
+                if o.sessions_per_node.is_empty() {
+                    "n/a".to_owned()
+                } else {
+                    let counts: Vec<String> =
+                        o.sessions_per_node.iter().map(u64::to_string).collect();
+                    counts.join("/")
+                }
+            }),
+        ),
         (
             "server RSS KiB/socket",
             Box::new(|o| opt(o.server_rss_bytes_per_socket, 1024.0, 1)),
@@ -213,6 +272,18 @@ pub fn print(outcomes: &[Outcome]) {
         (
             "server CPU µs/event",
             Box::new(|o| opt(o.server_cpu_us_per_event, 1.0, 2)),
+        ),
+        (
+            "Redis CPU µs/event",
+            Box::new(|o| opt(o.redis_cpu_us_per_event, 1.0, 2)),
+        ),
+        (
+            "engine gaps repaired/resyncs/errors",
+            Box::new(|o| {
+                o.engine.map_or("n/a".to_owned(), |e| {
+                    format!("{}/{}/{}", e.gaps_repaired, e.resyncs, e.errors)
+                })
+            }),
         ),
         (
             "load generator CPU µs/event",
@@ -229,18 +300,25 @@ pub fn print(outcomes: &[Outcome]) {
             }),
         ),
     ];
+    let width = outcomes
+        .iter()
+        .map(|o| o.target.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(18)
+        + 2;
     let mut header = format!(
-        "{:<34}",
+        "{:<36}",
         outcomes.first().map_or("", |o| o.scenario.as_str())
     );
     for o in outcomes {
-        let _ = write!(header, "{:>16}", o.target);
+        let _ = write!(header, "{:>width$}", o.target);
     }
     println!("{header}");
     for (name, value) in &rows {
-        let mut line = format!("{name:<34}");
+        let mut line = format!("{name:<36}");
         for o in outcomes {
-            let _ = write!(line, "{:>20}", value(o));
+            let _ = write!(line, "{:>width$}", value(o));
         }
         println!("{line}");
     }
@@ -278,6 +356,10 @@ struct Report<'a> {
     scenario: String,
     sockets: usize,
     sockets_per_user: usize,
+    nodes: u16,
+    /// Whether agentwire ran on the Redis engine (the URL is not written: it may hold a
+    /// password).
+    redis: bool,
     events_per_run: u64,
     interval_ms: u64,
     duration_s: u64,
@@ -290,6 +372,8 @@ pub fn json(args: &BenchArgs, outcomes: &[Outcome]) -> String {
         scenario: format!("{:?}", args.scenario).to_lowercase(),
         sockets: args.sockets,
         sockets_per_user: args.sockets_per_user,
+        nodes: args.nodes,
+        redis: args.redis.is_some(),
         events_per_run: args.events,
         interval_ms: args.interval_ms,
         duration_s: args.duration_s,
