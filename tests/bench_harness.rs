@@ -53,6 +53,17 @@ fn assert_all_checked(result: &Value, sockets: u64) {
     assert_eq!(result["errors"], serde_json::json!([]), "{target}");
 }
 
+/// Runs that ended, completed or failed, as the driving sockets counted them.
+fn runs_ended(result: &Value) -> u64 {
+    let failed: u64 = result["runs_failed"]
+        .as_object()
+        .expect("runs_failed is an object")
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    result["runs_completed"].as_u64().unwrap() + failed
+}
+
 /// The number of keys in database 0 of the Redis at `port` (`DBSIZE`).
 fn keys_in(port: u16) -> u64 {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("Redis answers");
@@ -111,6 +122,10 @@ fn a_multi_socket_fanout_bench_loses_nothing_and_leaves_no_run_unfinished() {
             result["events"].as_u64().unwrap() >= 40_000,
             "{target}: {result}"
         );
+        // Each user's runs counted once, on the socket that drives them: every user's
+        // first run at least, and none cut short by the server.
+        assert!(runs_ended(result) >= 10, "{target}: {result}");
+        assert_eq!(result["runs_failed"], serde_json::json!({}), "{target}");
     }
 }
 
@@ -156,6 +171,7 @@ fn a_fanout_bench_on_three_nodes_and_one_redis_loses_nothing() {
     assert_eq!(result["sessions_per_node"], serde_json::json!([20, 20, 20]));
     // Every socket got at least its user's first whole run.
     assert!(result["events"].as_u64().unwrap() >= 60_000, "{result}");
+    assert!(runs_ended(result) >= 20, "{result}");
     assert!(result["server_cpu_us_per_event"].as_f64().unwrap() > 0.0);
     assert!(result["redis_cpu_us_per_event"].as_f64().unwrap() > 0.0);
     assert_eq!(result["engine"]["resyncs"], 0, "{result}");

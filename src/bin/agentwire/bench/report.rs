@@ -2,6 +2,7 @@
 //! file with stable field names, and an SVG chart (latency percentiles, throughput over
 //! time).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ pub struct Outcome {
     pub duplicated: u64,
     pub misdelivered: u64,
     pub unfinished_runs: u64,
+    /// Runs that ended with `agent_completed`.
+    pub runs_completed: u64,
+    /// Runs that ended with `agent_error`, by error code (the server refused or cut them,
+    /// for example `engine_unavailable` when the Redis engine's publish queue was full).
+    pub runs_failed: BTreeMap<String, u64>,
     pub delivered_per_sec: f64,
     pub latency_us: Percentiles,
     /// Connections per second during the ramp.
@@ -123,6 +129,8 @@ impl Outcome {
             duplicated: 0,
             misdelivered: 0,
             unfinished_runs: 0,
+            runs_completed: 0,
+            runs_failed: BTreeMap::new(),
             delivered_per_sec: 0.0,
             latency_us: Percentiles {
                 p50: 0,
@@ -154,6 +162,10 @@ impl Outcome {
             outcome.duplicated += record.duplicated;
             outcome.misdelivered += record.misdelivered;
             outcome.unfinished_runs += record.unfinished_runs;
+            outcome.runs_completed += record.runs_completed;
+            for (code, count) in &record.runs_failed {
+                *outcome.runs_failed.entry(code.clone()).or_default() += count;
+            }
             let _ = latency.add(&record.latency_us);
             if timeline.len() < record.per_second.len() {
                 timeline.resize(record.per_second.len(), 0);
@@ -291,6 +303,13 @@ pub fn print(outcomes: &[Outcome]) {
         ),
         ("events checked", Box::new(|o| o.events.to_string())),
         (
+            "runs completed/failed",
+            Box::new(|o| {
+                let failed: u64 = o.runs_failed.values().sum();
+                format!("{}/{failed}", o.runs_completed)
+            }),
+        ),
+        (
             "lost/dup/misdelivered/unfinished",
             Box::new(|o| {
                 format!(
@@ -345,6 +364,9 @@ pub fn print(outcomes: &[Outcome]) {
         }
     }
     for o in outcomes {
+        for (code, count) in &o.runs_failed {
+            eprintln!("{}: {count} run(s) ended with agent_error {code}", o.target);
+        }
         for error in &o.errors {
             eprintln!("{}: client error: {error}", o.target);
         }
