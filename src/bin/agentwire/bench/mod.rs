@@ -198,25 +198,33 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             addrs.join(", ")
         );
         let redis = redis.as_ref().filter(|_| prefix.is_some());
-        if args.scenario == Scenario::SlowConsumer {
-            // The same paced load first with every socket reading, then with a tenth not.
-            let mut reference =
-                runtime.block_on(scenario(&args, &server, redis, &secret, setup, false))?;
-            reference.target = format!("{} (reference)", setup.name());
-            outcomes.push(reference);
-        }
-        let mut outcome =
-            runtime.block_on(scenario(&args, &server, redis, &secret, setup, true))?;
-        if args.scenario == Scenario::SlowConsumer {
-            outcome.target = format!("{} (slow)", setup.name());
-        }
+        let passes = || -> Result<Vec<Outcome>, Box<dyn std::error::Error>> {
+            let mut passes = Vec::new();
+            if args.scenario == Scenario::SlowConsumer {
+                // The same paced load first with every socket reading, then with a tenth
+                // not.
+                let mut reference =
+                    runtime.block_on(scenario(&args, &server, redis, &secret, setup, false))?;
+                reference.target = format!("{} (reference)", setup.name());
+                passes.push(reference);
+            }
+            let mut outcome =
+                runtime.block_on(scenario(&args, &server, redis, &secret, setup, true))?;
+            if args.scenario == Scenario::SlowConsumer {
+                outcome.target = format!("{} (slow)", setup.name());
+            }
+            passes.push(outcome);
+            Ok(passes)
+        };
+        let passes = passes();
+        // The servers stop, and the run's keys go, whether the passes succeeded or not.
         drop(server);
         if let (Some(redis), Some(prefix)) = (redis, &prefix) {
             if let Err(e) = redis.forget(prefix) {
                 eprintln!("{e} (they are under the prefix {prefix})");
             }
         }
-        outcomes.push(outcome);
+        outcomes.extend(passes?);
     }
     report::print(&outcomes);
     if let Some(path) = &args.json {
