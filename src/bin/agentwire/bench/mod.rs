@@ -4,12 +4,13 @@
 //! (so its own RSS and CPU time are read from /proc), ramps up connections spread over
 //! several loopback source addresses, drives synthetic runs (`start_agent` with
 //! `context.synthetic`), checks every event it counts (`client`), and reports throughput,
-//! latency percentiles, connect rate, memory and CPU per event (`report`). With
-//! `--compare baseline` each scenario also runs against the actor-free baseline server.
-//! With `--nodes N --redis [URL]` agentwire runs as N nodes on one Redis (`cluster`), each
+//! latency percentiles, connect rate, memory and CPU per event (`report`, and `chart` for
+//! the SVG). With `--compare baseline` each scenario also runs against the actor-free
+//! baseline server. With `--nodes N --redis [URL]` agentwire runs as N nodes on one Redis (`cluster`), each
 //! user's sockets spread over the nodes, and the report adds Redis's own CPU per event and
 //! what each node says on `/metrics` (`node_metrics`).
 
+mod chart;
 mod client;
 mod cluster;
 mod node_metrics;
@@ -231,7 +232,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, report::json(&args, &outcomes))?;
     }
     if let Some(path) = &args.svg {
-        std::fs::write(path, report::svg(&outcomes))?;
+        std::fs::write(path, chart::svg(&outcomes))?;
     }
     if outcomes.iter().any(|o| !o.correct()) {
         return Err("events were lost, duplicated, misdelivered or left unfinished".into());
