@@ -3,6 +3,7 @@
 //! run it saw start also ends).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -68,6 +69,10 @@ pub struct ClientRecord {
     pub duplicated: u64,
     pub misdelivered: u64,
     pub unfinished_runs: u64,
+    /// The driving socket only (so each run counts once): runs that ended with
+    /// `agent_completed`, and those that ended with `agent_error`, by error code.
+    pub runs_completed: u64,
+    pub runs_failed: BTreeMap<String, u64>,
     pub latency_us: Histogram<u64>,
     /// Events received per whole second since the benchmark's start.
     pub per_second: Vec<u64>,
@@ -84,6 +89,8 @@ impl ClientRecord {
             duplicated: 0,
             misdelivered: 0,
             unfinished_runs: 0,
+            runs_completed: 0,
+            runs_failed: BTreeMap::new(),
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             per_second: Vec::new(),
             error: None,
@@ -214,6 +221,11 @@ async fn drive(
             "agent_completed" | "agent_error" => {
                 open_runs.retain(|r| r != run_id);
                 if plan.drives_runs {
+                    if frame.kind == "agent_completed" {
+                        record.runs_completed += 1;
+                    } else {
+                        *record.runs_failed.entry(error_code(&text)).or_default() += 1;
+                    }
                     runs_in_flight = runs_in_flight.saturating_sub(1);
                     if Instant::now() < run_until {
                         send(&mut ws, start_run(&thread)).await?;
@@ -230,6 +242,15 @@ async fn drive(
     record.unfinished_runs = open_runs.len() as u64;
     let _ = ws.close(None).await;
     Ok(())
+}
+
+/// The `data.code` of an `agent_error` frame (parsed again in full: errors are rare, and
+/// the common path skips `data`).
+fn error_code(frame: &str) -> String {
+    serde_json::from_str::<Value>(frame)
+        .ok()
+        .and_then(|v| v["data"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "(no code)".to_owned())
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;

@@ -4,10 +4,16 @@
 //! (so its own RSS and CPU time are read from /proc), ramps up connections spread over
 //! several loopback source addresses, drives synthetic runs (`start_agent` with
 //! `context.synthetic`), checks every event it counts (`client`), and reports throughput,
-//! latency percentiles, connect rate, memory and CPU per event (`report`). With
-//! `--compare baseline` each scenario also runs against the actor-free baseline server.
+//! latency percentiles, connect rate, memory and CPU per event (`report`, and `chart` for
+//! the SVG). With `--compare baseline` each scenario also runs against the actor-free
+//! baseline server. With `--nodes N --redis [URL]` agentwire runs as N nodes on one Redis (`cluster`), each
+//! user's sockets spread over the nodes, and the report adds Redis's own CPU per event and
+//! what each node says on `/metrics` (`node_metrics`).
 
+mod chart;
 mod client;
+mod cluster;
+mod node_metrics;
 mod report;
 mod server;
 
@@ -20,7 +26,8 @@ use clap::{Args, ValueEnum};
 use jsonwebtoken::{encode, EncodingKey, Header};
 
 use client::{ClientPlan, ClientRecord};
-pub use report::Outcome;
+use cluster::BenchRedis;
+pub use report::{EngineCounters, Outcome};
 pub use server::Target;
 use server::{ProcessUsage, Server};
 
@@ -70,9 +77,20 @@ pub struct BenchArgs {
     /// The HS256 secret to sign client tokens with (a random one for a started server).
     #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Also run against the baseline server, interleaved, and report the ratios.
+    /// Also run against another server and report the ratios: the baseline, or (with
+    /// --redis) `agentwire`, one process on its in-process engine.
     #[arg(long, value_enum)]
     pub compare: Option<Target>,
+    /// Run agentwire as this many nodes on one Redis (needs --redis); each user's sockets
+    /// are spread over the nodes round-robin.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub nodes: u16,
+    /// Run agentwire on the Redis engine, its nodes sharing the Redis at this URL
+    /// (`redis://[user:password@]host:port/db`; the run's keys are deleted afterwards).
+    /// Without a URL, the bench starts its own `redis-server` on a free loopback port,
+    /// with persistence off, and stops it at the end.
+    #[arg(long = "redis", value_name = "URL", num_args = 0..=1, conflicts_with = "url")]
+    pub redis: Option<Option<String>>,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -85,7 +103,43 @@ pub struct BenchArgs {
     pub client_threads: usize,
 }
 
+/// What a scenario runs against.
+#[derive(Debug, Clone, Copy)]
+enum Setup {
+    /// One `agentwire serve` on its in-process engine.
+    Agentwire,
+    /// The baseline server.
+    Baseline,
+    /// `nodes` `agentwire serve --redis` nodes on the bench's Redis.
+    Cluster { nodes: usize },
+}
+
+impl Setup {
+    /// The name in the report.
+    fn name(self) -> String {
+        match self {
+            Setup::Agentwire => "agentwire".to_owned(),
+            Setup::Baseline => "baseline".to_owned(),
+            Setup::Cluster { nodes: 1 } => "agentwire-redis (1 node)".to_owned(),
+            Setup::Cluster { nodes } => format!("agentwire-redis ({nodes} nodes)"),
+        }
+    }
+
+    /// The part of the user ids that tells the setups apart.
+    fn tag(self) -> &'static str {
+        match self {
+            Setup::Agentwire => "agentwire",
+            Setup::Baseline => "baseline",
+            Setup::Cluster { .. } => "redis",
+        }
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let nodes = usize::from(args.nodes);
+    if nodes > 1 && args.redis.is_none() {
+        return Err("--nodes needs --redis: the nodes share their users' streams there".into());
+    }
     let limit = server::raise_fd_limit();
     eprintln!("open-file limit: {limit} (raised to the hard limit)");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -96,51 +150,89 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         let bytes: [u8; 16] = rand::random();
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     });
-    let mut targets = vec![Target::Agentwire];
+    let redis = match &args.redis {
+        Some(url) => {
+            let redis = BenchRedis::open(url.as_deref())?;
+            eprintln!("{}", redis.describe());
+            Some(redis)
+        }
+        None => None,
+    };
+    let mut setups = vec![match redis {
+        Some(_) => Setup::Cluster { nodes },
+        None => Setup::Agentwire,
+    }];
     if let Some(other) = args.compare {
         if args.url.is_some() {
             return Err("--compare starts both servers itself; drop --url".into());
         }
-        targets.push(other);
+        setups.push(match other {
+            Target::Agentwire => Setup::Agentwire,
+            Target::Baseline => Setup::Baseline,
+        });
     }
     let mut outcomes = Vec::new();
-    for target in targets {
-        let server = match &args.url {
-            Some(url) => {
+    for setup in setups {
+        let mut prefix = None;
+        let server = match (&args.url, setup, &redis) {
+            (Some(url), _, _) => {
                 let host = url
                     .trim_start_matches("http://")
                     .trim_start_matches("ws://");
                 let host = host.split('/').next().unwrap_or(host);
                 Server::existing(host.parse().map_err(|e| format!("--url {url}: {e}"))?)
             }
-            None => Server::start(target, &secret)?,
+            (None, Setup::Cluster { nodes }, Some(redis)) => {
+                let unique = cluster::unique_prefix();
+                let server = redis.start_nodes(nodes, &unique, &secret)?;
+                prefix = Some(unique);
+                server
+            }
+            (None, Setup::Baseline, _) => Server::start(Target::Baseline, &secret)?,
+            (None, _, _) => Server::start(Target::Agentwire, &secret)?,
         };
+        let addrs: Vec<String> = server.addrs.iter().map(ToString::to_string).collect();
         eprintln!(
             "{}: {:?} against {}",
-            target.name(),
+            setup.name(),
             args.scenario,
-            server.addr
+            addrs.join(", ")
         );
-        if args.scenario == Scenario::SlowConsumer {
-            // The same paced load first with every socket reading, then with a tenth not.
-            let mut reference =
-                runtime.block_on(scenario(&args, &server, &secret, target, false))?;
-            reference.target = format!("{} (reference)", target.name());
-            outcomes.push(reference);
-        }
-        let mut outcome = runtime.block_on(scenario(&args, &server, &secret, target, true))?;
-        if args.scenario == Scenario::SlowConsumer {
-            outcome.target = format!("{} (slow)", target.name());
-        }
+        let redis = redis.as_ref().filter(|_| prefix.is_some());
+        let passes = || -> Result<Vec<Outcome>, Box<dyn std::error::Error>> {
+            let mut passes = Vec::new();
+            if args.scenario == Scenario::SlowConsumer {
+                // The same paced load first with every socket reading, then with a tenth
+                // not.
+                let mut reference =
+                    runtime.block_on(scenario(&args, &server, redis, &secret, setup, false))?;
+                reference.target = format!("{} (reference)", setup.name());
+                passes.push(reference);
+            }
+            let mut outcome =
+                runtime.block_on(scenario(&args, &server, redis, &secret, setup, true))?;
+            if args.scenario == Scenario::SlowConsumer {
+                outcome.target = format!("{} (slow)", setup.name());
+            }
+            passes.push(outcome);
+            Ok(passes)
+        };
+        let passes = passes();
+        // The servers stop, and the run's keys go, whether the passes succeeded or not.
         drop(server);
-        outcomes.push(outcome);
+        if let (Some(redis), Some(prefix)) = (redis, &prefix) {
+            if let Err(e) = redis.forget(prefix) {
+                eprintln!("{e} (they are under the prefix {prefix})");
+            }
+        }
+        outcomes.extend(passes?);
     }
     report::print(&outcomes);
     if let Some(path) = &args.json {
         std::fs::write(path, report::json(&args, &outcomes))?;
     }
     if let Some(path) = &args.svg {
-        std::fs::write(path, report::svg(&outcomes))?;
+        std::fs::write(path, chart::svg(&outcomes))?;
     }
     if outcomes.iter().any(|o| !o.correct()) {
         return Err("events were lost, duplicated, misdelivered or left unfinished".into());
@@ -164,8 +256,9 @@ fn token(secret: &str, user: &str) -> String {
 async fn scenario(
     args: &BenchArgs,
     server: &Server,
+    redis: Option<&BenchRedis>,
     secret: &str,
-    target: Target,
+    setup: Setup,
     with_slow_consumers: bool,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let sockets = args.sockets.max(1);
@@ -187,13 +280,16 @@ async fn scenario(
     let mut tokens = std::collections::HashMap::new();
     for i in 0..sockets {
         let pass = if with_slow_consumers { "" } else { "ref-" };
-        let user = format!("bench-{}-{pass}{}", target.name(), i / per_user);
+        let (user_index, socket_of_user) = (i / per_user, i % per_user);
+        let user = format!("bench-{}-{pass}{user_index}", setup.tag());
         let token = tokens
             .entry(user.clone())
             .or_insert_with(|| token(secret, &user))
             .clone();
         let plan = ClientPlan {
-            server: server.addr,
+            // A user's sockets on consecutive nodes, and the users' first sockets (which
+            // drive the runs) round-robin over the nodes too.
+            server: server.addr_for(user_index + socket_of_user),
             source: IpAddr::V4(Ipv4Addr::new(
                 127,
                 0,
@@ -202,7 +298,7 @@ async fn scenario(
             )),
             user,
             token,
-            drives_runs: runs && i % per_user == 0,
+            drives_runs: runs && socket_of_user == 0,
             events_per_run: args.events.max(2),
             interval_ms,
             ready: ready.clone(),
@@ -233,6 +329,8 @@ async fn scenario(
         ramp.as_secs_f64()
     );
     let connected_usage = server.usage();
+    let redis_at_load = redis.and_then(BenchRedis::cpu_micros);
+    let nodes_at_load = scrape(server).await;
     let generator_at_load = ProcessUsage::of_self();
     let load_start = Instant::now();
     let _ = go_tx.send(Some(load_start + duration));
@@ -241,10 +339,10 @@ async fn scenario(
     let churners: Vec<_> = if args.scenario == Scenario::Churn {
         (0..CHURNERS)
             .map(|c| {
-                let user = format!("bench-churn-{}-{c}", target.name());
+                let user = format!("bench-churn-{}-{c}", setup.tag());
                 let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1 + (c % 200) as u8));
                 tokio::spawn(client::churn(
-                    server.addr,
+                    server.addr_for(c),
                     source,
                     token(secret, &user),
                     load_start + duration,
@@ -264,9 +362,11 @@ async fn scenario(
         records.push(handle.await?);
     }
     let after = server.usage();
+    let redis_after = redis.and_then(BenchRedis::cpu_micros);
+    let nodes_after = scrape(server).await;
     let generator_after = ProcessUsage::of_self();
     let mut outcome = Outcome::new(
-        target,
+        setup.name(),
         args.scenario,
         records,
         (ramp, load_start.duration_since(bench_start), duration),
@@ -278,8 +378,31 @@ async fn scenario(
             outcome.generator_cpu_us_per_event = Some(cpu as f64 / outcome.events as f64);
         }
     }
+    outcome.nodes = server.addrs.len();
+    if let (Some(at_load), Some(after)) = (redis_at_load, redis_after) {
+        if outcome.events > 0 {
+            let cpu = after.saturating_sub(at_load);
+            outcome.redis_cpu_us_per_event = Some(cpu as f64 / outcome.events as f64);
+        }
+    }
+    if let Some(at_load) = &nodes_at_load {
+        outcome.sessions_per_node = at_load.iter().map(|n| n.sessions).collect();
+    }
+    if let (Some(at_load), Some(after), Some(_)) = (&nodes_at_load, &nodes_after, redis) {
+        outcome.engine = Some(EngineCounters::between(at_load, after));
+    }
     if args.scenario == Scenario::Churn {
         outcome.churn_connects_per_sec = Some(churned as f64 / churn_secs.max(1e-3));
     }
     Ok(outcome)
+}
+
+/// What each node says on `/metrics` (off the client threads: a scrape blocks).
+async fn scrape(server: &Server) -> Option<Vec<node_metrics::NodeMetrics>> {
+    let token = server.admin_token()?;
+    let addrs = server.addrs.clone();
+    tokio::task::spawn_blocking(move || node_metrics::scrape_all(&addrs, token))
+        .await
+        .ok()
+        .flatten()
 }

@@ -1,7 +1,7 @@
-//! What a benchmark run measured, and how it is shown: a short table on stdout, a JSON
-//! file with stable field names, and an SVG chart (latency percentiles, throughput over
-//! time).
+//! What a benchmark run measured, and how it is shown: a short table on stdout and a JSON
+//! file with stable field names (the SVG chart is `chart`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -9,7 +9,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::client::ClientRecord;
-use super::server::{ProcessUsage, Target};
+use super::node_metrics::NodeMetrics;
+use super::server::ProcessUsage;
 use super::{BenchArgs, Scenario};
 
 /// The figures of one scenario against one server.
@@ -26,6 +27,11 @@ pub struct Outcome {
     pub duplicated: u64,
     pub misdelivered: u64,
     pub unfinished_runs: u64,
+    /// Runs that ended with `agent_completed`.
+    pub runs_completed: u64,
+    /// Runs that ended with `agent_error`, by error code (the server refused or cut them,
+    /// for example `engine_unavailable` when the Redis engine's publish queue was full).
+    pub runs_failed: BTreeMap<String, u64>,
     pub delivered_per_sec: f64,
     pub latency_us: Percentiles,
     /// Connections per second during the ramp.
@@ -33,8 +39,20 @@ pub struct Outcome {
     /// Churn scenario: complete connections (handshake to welcome, then close) per second
     /// while the load ran.
     pub churn_connects_per_sec: Option<f64>,
+    /// Server processes: 1, or the nodes of a cluster.
+    pub nodes: usize,
+    /// The open sessions each node counted when the ramp ended (from its `/metrics`; empty
+    /// for a server that has none).
+    pub sessions_per_node: Vec<u64>,
+    /// Growth of the server's RSS (summed over its processes) over the ramp, per socket.
     pub server_rss_bytes_per_socket: Option<f64>,
+    /// The server's CPU (summed over its processes) during the load, per event.
     pub server_cpu_us_per_event: Option<f64>,
+    /// Redis's own CPU (`INFO cpu`, user plus system) during the load, per event: cluster
+    /// runs only.
+    pub redis_cpu_us_per_event: Option<f64>,
+    /// The Redis engine's repairs during the load, over all nodes: cluster runs only.
+    pub engine: Option<EngineCounters>,
     /// The load generator's own CPU (user plus system) during the load, per event: what it
     /// takes from the cores it shares with the server.
     pub generator_cpu_us_per_event: Option<f64>,
@@ -42,6 +60,35 @@ pub struct Outcome {
     pub throughput_per_sec: Vec<u64>,
     /// The first few client errors, for diagnosis.
     pub errors: Vec<String>,
+}
+
+/// What the Redis engine repaired during the load, summed over the nodes (from their
+/// `/metrics`): none of it is visible to a client when the repair works.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Gaps in a user's pub/sub stream filled from history.
+    pub gaps_repaired: u64,
+    /// Streams continued at a new position (clients told `resync_required`).
+    pub resyncs: u64,
+    /// Failed Redis operations.
+    pub errors: u64,
+}
+
+impl EngineCounters {
+    /// The growth of each counter from `before` to `after` (both node by node).
+    pub fn between(before: &[NodeMetrics], after: &[NodeMetrics]) -> EngineCounters {
+        let mut counters = EngineCounters {
+            gaps_repaired: 0,
+            resyncs: 0,
+            errors: 0,
+        };
+        for (b, a) in before.iter().zip(after) {
+            counters.gaps_repaired += a.gaps_repaired.saturating_sub(b.gaps_repaired);
+            counters.resyncs += a.resyncs.saturating_sub(b.resyncs);
+            counters.errors += a.engine_errors.saturating_sub(b.engine_errors);
+        }
+        counters
+    }
 }
 
 /// Latency percentiles in microseconds.
@@ -56,7 +103,7 @@ pub struct Percentiles {
 
 impl Outcome {
     pub(super) fn new(
-        target: Target,
+        target: String,
         scenario: Scenario,
         records: Vec<ClientRecord>,
         phases: (Duration, Duration, Duration),
@@ -71,7 +118,7 @@ impl Outcome {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         let mut timeline: Vec<u64> = Vec::new();
         let mut outcome = Outcome {
-            target: target.name().to_owned(),
+            target,
             scenario: format!("{scenario:?}").to_lowercase(),
             sockets: records.len(),
             connected: 0,
@@ -81,6 +128,8 @@ impl Outcome {
             duplicated: 0,
             misdelivered: 0,
             unfinished_runs: 0,
+            runs_completed: 0,
+            runs_failed: BTreeMap::new(),
             delivered_per_sec: 0.0,
             latency_us: Percentiles {
                 p50: 0,
@@ -91,8 +140,12 @@ impl Outcome {
             },
             connects_per_sec: 0.0,
             churn_connects_per_sec: None,
+            nodes: 1,
+            sessions_per_node: Vec::new(),
             server_rss_bytes_per_socket: None,
             server_cpu_us_per_event: None,
+            redis_cpu_us_per_event: None,
+            engine: None,
             generator_cpu_us_per_event: None,
             throughput_per_sec: Vec::new(),
             errors: Vec::new(),
@@ -108,6 +161,10 @@ impl Outcome {
             outcome.duplicated += record.duplicated;
             outcome.misdelivered += record.misdelivered;
             outcome.unfinished_runs += record.unfinished_runs;
+            outcome.runs_completed += record.runs_completed;
+            for (code, count) in &record.runs_failed {
+                *outcome.runs_failed.entry(code.clone()).or_default() += count;
+            }
             let _ = latency.add(&record.latency_us);
             if timeline.len() < record.per_second.len() {
                 timeline.resize(record.per_second.len(), 0);
@@ -206,6 +263,19 @@ pub fn print(outcomes: &[Outcome]) {
             "connects/s (churn, under load)",
             Box::new(|o| opt(o.churn_connects_per_sec, 1.0, 0)),
         ),
+        ("server processes", Box::new(|o| o.nodes.to_string())),
+        (
+            "sessions per node (at load)",
+            Box::new(|o| {
+                if o.sessions_per_node.is_empty() {
+                    "n/a".to_owned()
+                } else {
+                    let counts: Vec<String> =
+                        o.sessions_per_node.iter().map(u64::to_string).collect();
+                    counts.join("/")
+                }
+            }),
+        ),
         (
             "server RSS KiB/socket",
             Box::new(|o| opt(o.server_rss_bytes_per_socket, 1024.0, 1)),
@@ -215,10 +285,29 @@ pub fn print(outcomes: &[Outcome]) {
             Box::new(|o| opt(o.server_cpu_us_per_event, 1.0, 2)),
         ),
         (
+            "Redis CPU µs/event",
+            Box::new(|o| opt(o.redis_cpu_us_per_event, 1.0, 2)),
+        ),
+        (
+            "engine gaps repaired/resyncs/errors",
+            Box::new(|o| {
+                o.engine.map_or("n/a".to_owned(), |e| {
+                    format!("{}/{}/{}", e.gaps_repaired, e.resyncs, e.errors)
+                })
+            }),
+        ),
+        (
             "load generator CPU µs/event",
             Box::new(|o| opt(o.generator_cpu_us_per_event, 1.0, 2)),
         ),
         ("events checked", Box::new(|o| o.events.to_string())),
+        (
+            "runs completed/failed",
+            Box::new(|o| {
+                let failed: u64 = o.runs_failed.values().sum();
+                format!("{}/{failed}", o.runs_completed)
+            }),
+        ),
         (
             "lost/dup/misdelivered/unfinished",
             Box::new(|o| {
@@ -229,18 +318,25 @@ pub fn print(outcomes: &[Outcome]) {
             }),
         ),
     ];
+    let width = outcomes
+        .iter()
+        .map(|o| o.target.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(18)
+        + 2;
     let mut header = format!(
-        "{:<34}",
+        "{:<36}",
         outcomes.first().map_or("", |o| o.scenario.as_str())
     );
     for o in outcomes {
-        let _ = write!(header, "{:>16}", o.target);
+        let _ = write!(header, "{:>width$}", o.target);
     }
     println!("{header}");
     for (name, value) in &rows {
-        let mut line = format!("{name:<34}");
+        let mut line = format!("{name:<36}");
         for o in outcomes {
-            let _ = write!(line, "{:>20}", value(o));
+            let _ = write!(line, "{:>width$}", value(o));
         }
         println!("{line}");
     }
@@ -267,6 +363,9 @@ pub fn print(outcomes: &[Outcome]) {
         }
     }
     for o in outcomes {
+        for (code, count) in &o.runs_failed {
+            eprintln!("{}: {count} run(s) ended with agent_error {code}", o.target);
+        }
         for error in &o.errors {
             eprintln!("{}: client error: {error}", o.target);
         }
@@ -278,6 +377,10 @@ struct Report<'a> {
     scenario: String,
     sockets: usize,
     sockets_per_user: usize,
+    nodes: u16,
+    /// Whether agentwire ran on the Redis engine (the URL is not written: it may hold a
+    /// password).
+    redis: bool,
     events_per_run: u64,
     interval_ms: u64,
     duration_s: u64,
@@ -290,104 +393,12 @@ pub fn json(args: &BenchArgs, outcomes: &[Outcome]) -> String {
         scenario: format!("{:?}", args.scenario).to_lowercase(),
         sockets: args.sockets,
         sockets_per_user: args.sockets_per_user,
+        nodes: args.nodes,
+        redis: args.redis.is_some(),
         events_per_run: args.events,
         interval_ms: args.interval_ms,
         duration_s: args.duration_s,
         results: outcomes,
     };
     serde_json::to_string_pretty(&report).unwrap_or_default()
-}
-
-/// A two-panel SVG: latency percentiles (bars) and throughput over time (lines).
-pub fn svg(outcomes: &[Outcome]) -> String {
-    const COLORS: [&str; 2] = ["#2563eb", "#9ca3af"];
-    let (w, h, pad) = (900.0, 360.0, 50.0);
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    // Left: latency percentiles (ms), log-free linear bars.
-    let labels = ["p50", "p90", "p99", "p99.9", "max"];
-    let values = |o: &Outcome| {
-        let l = &o.latency_us;
-        [l.p50, l.p90, l.p99, l.p99_9, l.max].map(|v| v as f64 / 1e3)
-    };
-    let top = outcomes
-        .iter()
-        .flat_map(&values)
-        .fold(0.0f64, f64::max)
-        .max(0.001);
-    let panel = (w / 2.0) - pad * 1.5;
-    let _ = writeln!(out, "<text x=\"{pad}\" y=\"20\">latency (ms)</text>");
-    let group = panel / labels.len() as f64;
-    let bar = group / (outcomes.len() as f64 + 1.0);
-    for (i, label) in labels.iter().enumerate() {
-        let x0 = pad + i as f64 * group;
-        for (j, o) in outcomes.iter().enumerate() {
-            let v = values(o)[i];
-            let bh = (h - 2.0 * pad) * v / top;
-            let _ = writeln!(
-                out,
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {label}: {v:.2} ms</title></rect>",
-                x0 + j as f64 * bar,
-                h - pad - bh,
-                bar * 0.9,
-                bh,
-                COLORS[j % 2],
-                o.target
-            );
-        }
-        let _ = writeln!(
-            out,
-            "<text x=\"{:.1}\" y=\"{}\">{label}</text>",
-            x0,
-            h - pad + 15.0
-        );
-    }
-    let _ = writeln!(out, "<text x=\"5\" y=\"{}\">{top:.1}</text>", pad + 4.0);
-    // Right: throughput per second.
-    let x_origin = w / 2.0 + pad / 2.0;
-    let seconds = outcomes
-        .iter()
-        .map(|o| o.throughput_per_sec.len())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let peak = outcomes
-        .iter()
-        .flat_map(|o| o.throughput_per_sec.iter().copied())
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let _ = writeln!(
-        out,
-        "<text x=\"{x_origin}\" y=\"20\">delivered events/s over time (peak {peak:.0})</text>"
-    );
-    for (j, o) in outcomes.iter().enumerate() {
-        let points: Vec<String> = o
-            .throughput_per_sec
-            .iter()
-            .enumerate()
-            .map(|(s, c)| {
-                let x = x_origin + panel * s as f64 / seconds as f64;
-                let y = h - pad - (h - 2.0 * pad) * (*c as f64) / peak;
-                format!("{x:.1},{y:.1}")
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
-            COLORS[j % 2],
-            points.join(" ")
-        );
-        let _ = writeln!(
-            out,
-            "<text x=\"{x_origin}\" y=\"{}\" fill=\"{}\">{}</text>",
-            h - 10.0 - 14.0 * j as f64,
-            COLORS[j % 2],
-            o.target
-        );
-    }
-    out.push_str("</svg>\n");
-    out
 }

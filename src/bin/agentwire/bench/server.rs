@@ -1,15 +1,16 @@
-//! The server under test: started as a separate process on a loopback port (agentwire's own
-//! `serve`, or the baseline), or an already running one (`--url`), and its resident memory
-//! and CPU time read from /proc when its pid is known.
+//! The server under test: started as separate processes on loopback ports (agentwire's own
+//! `serve`, one process or the nodes of a cluster, or the baseline), or an already running
+//! one (`--url`), and its resident memory and CPU time read from /proc when its pids are
+//! known.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
-/// Which server to start.
+/// Which server to start (and which one `--compare` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
-    /// `agentwire serve`.
+    /// `agentwire serve`, one process on its in-process engine.
     Agentwire,
     /// The actor-free tokio + tokio-tungstenite baseline (`agentwire-baseline`).
     Baseline,
@@ -24,72 +25,168 @@ impl Target {
     }
 }
 
+/// The server under test: one process, the nodes of a cluster, or an already running
+/// server (`--url`).
 pub struct Server {
-    pub addr: SocketAddr,
-    child: Option<Child>,
+    /// Where clients connect: one address, or one per node (socket `i` of the plan goes to
+    /// `addrs[i % addrs.len()]`, see [`Server::addr_for`]).
+    pub addrs: Vec<SocketAddr>,
+    children: Vec<Child>,
+    /// The admin token of the debug routes (`/metrics`), for an agentwire the bench started.
+    admin_token: Option<&'static str>,
 }
 
+/// The admin token of the agentwire servers the bench starts (loopback only).
+const ADMIN_TOKEN: &str = "bench";
+
 impl Server {
-    /// Starts `target` on a free loopback port with the given JWT secret.
+    /// Starts `target` on a free loopback port with the given JWT secret: agentwire on its
+    /// in-process engine, or the baseline.
     pub fn start(target: Target, secret: &str) -> Result<Server, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut command = match target {
-            Target::Agentwire => {
-                let mut c = Command::new(&exe);
-                c.args(["serve", "--bind", "127.0.0.1:0", "--jwt-secret", secret]);
-                c.args(["--admin-token", "bench"]);
-                c
-            }
+        let (command, admin_token) = match target {
+            Target::Agentwire => (agentwire_command(secret)?, Some(ADMIN_TOKEN)),
             Target::Baseline => {
-                let baseline = exe.with_file_name("agentwire-baseline");
+                let baseline = current_exe()?.with_file_name("agentwire-baseline");
                 let mut c = Command::new(baseline);
                 c.args(["--bind", "127.0.0.1:0", "--jwt-secret", secret]);
-                c
+                (c, None)
             }
         };
-        let mut child = command
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start the {} server: {e}", target.name()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .ok_or("the server exited before printing its address")?
-                .map_err(|e| e.to_string())?;
-            if let Some((_, addr)) = line.split_once("listening on http://") {
-                break addr.trim().parse().map_err(|e| format!("{addr}: {e}"))?;
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, addr) = spawn(command, &format!("the {} server", target.name()))?;
         Ok(Server {
-            addr,
-            child: Some(child),
+            addrs: vec![addr],
+            children: vec![child],
+            admin_token,
         })
+    }
+
+    /// Agentwire nodes started by the caller (each with [`agentwire_command`] and [`spawn`]).
+    pub fn nodes(nodes: Vec<(Child, SocketAddr)>) -> Server {
+        let (children, addrs) = nodes.into_iter().unzip();
+        Server {
+            addrs,
+            children,
+            admin_token: Some(ADMIN_TOKEN),
+        }
     }
 
     /// An already running server: no /proc figures.
     pub fn existing(addr: SocketAddr) -> Server {
-        Server { addr, child: None }
+        Server {
+            addrs: vec![addr],
+            children: Vec::new(),
+            admin_token: None,
+        }
     }
 
-    /// Resident memory and CPU time (user + system) of the server process, when known.
+    /// The address the plan's `index`-th connection goes to (round-robin over the nodes).
+    pub fn addr_for(&self, index: usize) -> SocketAddr {
+        self.addrs[index % self.addrs.len()]
+    }
+
+    /// The admin token of `/metrics`, when the bench started an agentwire.
+    pub fn admin_token(&self) -> Option<&'static str> {
+        self.admin_token
+    }
+
+    /// Resident memory and CPU time (user + system) of the server, summed over its
+    /// processes, when they are known (all of them).
     pub fn usage(&self) -> Option<ProcessUsage> {
-        let pid = self.child.as_ref()?.id();
-        ProcessUsage::read(pid)
+        let mut total = ProcessUsage {
+            rss_bytes: 0,
+            cpu_micros: 0,
+        };
+        if self.children.is_empty() {
+            return None;
+        }
+        for child in &self.children {
+            let usage = ProcessUsage::read(child.id())?;
+            total.rss_bytes += usage.rss_bytes;
+            total.cpu_micros += usage.cpu_micros;
+        }
+        Some(total)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
+        for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+fn current_exe() -> Result<std::path::PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find the agentwire binary: {e}"))
+}
+
+/// `agentwire serve` on a free loopback port, with the bench's secret and admin token, on
+/// its in-process engine unless the caller adds `--redis` (the Redis settings of the
+/// bench's own environment are not passed on).
+pub fn agentwire_command(secret: &str) -> Result<Command, String> {
+    let mut c = Command::new(current_exe()?);
+    c.args(["serve", "--bind", "127.0.0.1:0", "--jwt-secret", secret]);
+    c.args(["--admin-token", ADMIN_TOKEN]);
+    c.env_remove("AGENTWIRE_REDIS_URL")
+        .env_remove("AGENTWIRE_REDIS_PREFIX");
+    Ok(c)
+}
+
+/// Starts a server process and waits for the address it prints (`listening on http://ADDR`).
+/// The process is killed with the bench, however the bench ends.
+pub fn spawn(mut command: Command, what: &str) -> Result<(Child, SocketAddr), String> {
+    die_with_parent(&mut command);
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} exited before printing its address"));
+        };
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some((_, addr)) = line.split_once("listening on http://") {
+            match addr.trim().parse() {
+                Ok(addr) => break addr,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{what} printed {addr}: {e}"));
+                }
+            }
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, addr))
+}
+
+/// Asks the kernel to kill the child when the bench dies (SIGKILL included), so no server
+/// outlives a bench that was itself killed. Linux only; elsewhere the bench's own `Drop`
+/// stops its servers. The bench starts its servers from its main thread, whose exit is
+/// the process's.
+pub fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // prctl(2), which is async-signal-safe, with constant arguments.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// A process's memory and CPU at one moment.
