@@ -63,7 +63,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn publish(&self, run: &Arc<RunStream>, event: AgentEvent, emitted_at: SystemTime);
 
     /// Whether `run`'s user can take more events now (the emitter's [`crate::AgentRun::ready`]
-    /// waits while this is false).
+    /// waits while this is false). It turns false early enough that what emitters publish
+    /// between two checks still fits.
     fn has_room(&self, run: &RunStream) -> bool;
 
     /// Stops `user`'s run `run_id`: its `agent_error` (code `cancelled`) is published, and

@@ -15,7 +15,9 @@
 //!   supply, and an epoch change (Redis lost its data), becomes a new position, which the
 //!   user's sockets receive as `resync_required`. After every reconnect of the subscriber,
 //!   each receiver compares its position with the stored one and catches up the same way.
-//! - **History** reads exact ranges from the user's stream in Redis, with a time limit.
+//! - **History** reads a resume's range from the user's stream in Redis, with a time limit:
+//!   exactly, or (`partial`) its tail still held, within the same replay window as the
+//!   in-process engine (the last `replay_max_events`, none older than `replay_max_age`).
 //! - **Stop** finds the run's node in the user's live runs and asks it over its control
 //!   channel; the owning node stops the run and publishes its `cancelled` error.
 
@@ -503,10 +505,11 @@ impl Engine for ClusterEngine {
     }
 
     fn has_room(&self, _run: &RunStream) -> bool {
-        // Room for a typical event; a larger one is still queued if there is any room.
+        // The node's queue, shared by every emitter: past half full, emitters that await
+        // `ready()` wait, and the other half takes what they emit between two checks.
         self.shared
             .core()
-            .is_none_or(|core| core.publisher().has_room(1024))
+            .is_none_or(|core| core.publisher().has_headroom())
     }
 
     fn stop(&self, user: &UserId, run_id: &str) -> EngineFuture<StopOutcome> {
@@ -572,14 +575,13 @@ impl Engine for ClusterEngine {
         epoch: &str,
         after: u64,
         upto: u64,
-        _partial: bool,
+        partial: bool,
     ) -> EngineFuture<Option<Vec<HistoryEvent>>> {
         let (user, epoch) = (user.clone(), epoch.to_owned());
         self.shared.on_engine(None, move |shared| async move {
             let core = shared.core()?;
-            let read =
-                tokio::time::timeout(HISTORY_TIMEOUT, core.history(&user, &epoch, after, upto))
-                    .await;
+            let replay = core.replay(&user, &epoch, (after, upto), partial);
+            let read = tokio::time::timeout(HISTORY_TIMEOUT, replay).await;
             let events = match read {
                 Ok(Ok(events)) => events,
                 Ok(Err(error)) => {
