@@ -4,17 +4,13 @@
 
 mod common;
 
-#[path = "../src/engine/redis/test_server.rs"]
-#[allow(dead_code)]
-mod test_server;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use agentwire::Config;
+use common::engine::TestRedis;
 use common::{seqs, types, Client, TestServer, PATIENCE};
 use serde_json::{json, Value};
-use test_server::TestRedis;
 
 /// Three nodes on `redis`, each under the same prefix.
 fn cluster(redis: &TestRedis, nodes: usize) -> Vec<TestServer> {

@@ -4,8 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod metrics;
 pub mod pipelined;
+
+use engine::TestRedis;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,11 +34,15 @@ pub const ADMIN: &str = "test admin token";
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A server running in its own thread, with its own actix system.
+/// A server running in its own thread, with its own actix system, on the test engine
+/// (see [`engine`]).
 pub struct TestServer {
     pub addr: SocketAddr,
     pub runtime: Runtime,
     system: actix_web::rt::System,
+    /// The server's own Redis, when the tests run on the Redis engine; killed after the
+    /// server stops.
+    redis: Option<TestRedis>,
 }
 
 impl TestServer {
@@ -44,27 +51,37 @@ impl TestServer {
     }
 
     pub fn start_with(config: Config) -> TestServer {
-        Self::start_node(config, true, None)
+        Self::start_node(config, true)
     }
 
     /// A server whose runtime has no agent handler (`start_agent` is `unsupported`).
     pub fn start_without_handler(config: Config) -> TestServer {
-        Self::start_node(config, false, None)
+        Self::start_node(config, false)
     }
 
-    /// A node of a cluster on the Redis at `redis_url` (keys under `prefix`).
+    /// A node of a cluster on the Redis at `redis_url` (keys under `prefix`), whatever the
+    /// test engine.
     pub fn start_clustered(config: Config, redis_url: &str, prefix: &str) -> TestServer {
-        Self::start_node(
+        Self::start_on(
             config,
             true,
             Some((redis_url.to_owned(), prefix.to_owned())),
+            None,
         )
     }
 
-    fn start_node(
+    /// A server on the test engine.
+    fn start_node(config: Config, with_handler: bool) -> TestServer {
+        let redis = engine::redis_for_runtime();
+        let cluster = redis.as_ref().map(|r| (r.url(), engine::PREFIX.to_owned()));
+        Self::start_on(config, with_handler, cluster, redis)
+    }
+
+    fn start_on(
         config: Config,
         with_handler: bool,
         redis: Option<(String, String)>,
+        own_redis: Option<TestRedis>,
     ) -> TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -99,6 +116,7 @@ impl TestServer {
             addr,
             runtime,
             system,
+            redis: own_redis,
         }
     }
 
@@ -140,6 +158,29 @@ impl TestServer {
 }
 
 impl TestServer {
+    /// Waits until `user`'s actor on this server has received their stream up to `seq`:
+    /// at once on the in-process engine, which hands each event to the actor as it numbers
+    /// it; the Redis engine numbers an event in Redis and delivers it through pub/sub, a
+    /// moment after the emitter's call returned. Returns the stream's epoch.
+    pub async fn wait_for_seq(&self, user: &str, seq: u64) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let snapshot = self.runtime.snapshot().await.expect("runtime alive");
+            let stream = snapshot
+                .users
+                .get(user)
+                .and_then(|u| u.stats.stream.clone());
+            if let Some(stream) = stream.filter(|s| s.seq >= seq) {
+                return stream.epoch;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user}'s stream never reached seq {seq}: {snapshot:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until `user` has no actor any more (its resume window ran out).
     pub async fn wait_for_user_gone(&self, user: &str) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -305,7 +346,7 @@ pub fn seqs(frames: &[Value]) -> Vec<u64> {
 
 /// The test agent. The request text picks the behaviour:
 /// - `golden`: every event type of a successful run;
-/// - `stream:N`: N thinking events, then completed;
+/// - `stream:N`: N thinking events (awaiting `ready()` every 16), then completed;
 /// - `drop`: a thinking event, then the run is dropped;
 /// - `drop_tool`: a tool call is opened, then run and call are dropped;
 /// - `panic`: a tool call is opened, then the handler panics;
@@ -371,6 +412,11 @@ impl AgentHandler for TestAgent {
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1);
                 for i in 0..n {
+                    if i % 16 == 0 {
+                        // As a producer emitting in a tight loop should: wait while the
+                        // engine has no room (with Redis, the node's publish queue is full).
+                        run.ready().await;
+                    }
                     run.thinking(format!("step {i}"));
                 }
                 run.complete("streamed");
