@@ -247,3 +247,42 @@ async fn two_users_on_three_nodes_each_get_their_whole_stream_in_order() {
         "no run crossed users"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_nodes_tree_names_the_node_in_json_text_and_dot() {
+    let redis = TestRedis::start();
+    let nodes = cluster(&redis, 2);
+    let _alice = nodes[0].connect("alice").await;
+    let mut names = Vec::new();
+    for node in &nodes {
+        let (status, json) = node.admin_get("/debug/tree").await;
+        assert_eq!(status, 200);
+        let tree: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(tree["engine"], "redis");
+        let id = tree["node"]
+            .as_str()
+            .expect("the tree names its node")
+            .to_owned();
+        // The id the cluster knows the node by: it holds a lease under it.
+        assert_eq!(
+            redis.command(&format!("SISMEMBER cluster-test:nodes {id}")),
+            ":1",
+            "{id} is a node of the cluster"
+        );
+        let (_, text) = node.admin_get("/debug/tree?format=text").await;
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("registry@{id}  engine=redis users=")),
+            "{text}"
+        );
+        let (_, dot) = node.admin_get("/debug/tree?format=dot").await;
+        assert!(dot.contains(&format!("\"registry@{id}\" [label=")), "{dot}");
+        names.push(id);
+    }
+    assert_ne!(names[0], names[1], "each node names itself");
+    // Alice's socket is on the first node only: each tree shows its own node's actors.
+    let (_, first) = nodes[0].admin_get("/debug/tree").await;
+    let (_, second) = nodes[1].admin_get("/debug/tree").await;
+    assert!(first.contains("\"id\":\"alice\""), "{first}");
+    assert!(!second.contains("\"id\":\"alice\""), "{second}");
+}

@@ -266,8 +266,18 @@ async fn the_tree_follows_sockets_as_clients_come_and_go() {
     assert_eq!(counts(&server).await, [("erin".into(), 1)]);
     let (_, text) = server.admin_get("/debug/tree?format=text").await;
     let lines: Vec<&str> = text.lines().collect();
+    // The root names the node: `local` in process, its cluster id with Redis.
+    let snapshot = server.runtime.snapshot().await.unwrap();
+    let (node, engine) = if is_redis() {
+        assert!(snapshot.node.starts_with("node_"), "{}", snapshot.node);
+        (snapshot.node.as_str(), "redis")
+    } else {
+        ("local", "local")
+    };
     assert!(
-        lines[0].starts_with("registry  users=1 sessions=1"),
+        lines[0].starts_with(&format!(
+            "registry@{node}  engine={engine} users=1 sessions=1"
+        )),
         "{text}"
     );
     assert!(lines[1].starts_with("└── user:erin  live"), "{text}");

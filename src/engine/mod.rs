@@ -96,6 +96,15 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Counters for the supervision tree and the metrics.
     fn stats(&self) -> EngineStats;
 
+    /// The engine's name, as the supervision tree shows it (`local`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// This node's id among the nodes that share the engine's store, as the supervision
+    /// tree names the node; `None` for an engine of one process.
+    fn node_id(&self) -> Option<&str> {
+        None
+    }
+
     /// The runtime is shutting down (its sockets are drained): publish what is still queued,
     /// within `deadline`, and leave. The in-process engine has nothing to do.
     fn shutdown(&self, _deadline: std::time::Duration) -> EngineFuture<()> {

@@ -610,6 +610,14 @@ impl Engine for ClusterEngine {
         EngineStats::default()
     }
 
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        self.shared.core().map(RedisEngine::node_id)
+    }
+
     fn shutdown(&self, deadline: Duration) -> EngineFuture<()> {
         self.shared.on_engine((), move |shared| async move {
             if let Some(core) = shared.core() {

@@ -83,9 +83,22 @@ impl TestRedis {
         false
     }
 
-    /// The port it listens on (on 127.0.0.1).
-    pub(crate) fn port(&self) -> u16 {
-        self.port
+    /// Sends one inline command (`SISMEMBER key member`) and returns the reply's first line.
+    pub(crate) fn command(&self, command: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connected");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a timeout");
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .expect("sent");
+        let mut reply = Vec::new();
+        let mut byte = [0];
+        while !reply.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).expect("a reply");
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
     }
 
     /// Whether the server answers PING right now.

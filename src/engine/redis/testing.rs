@@ -183,40 +183,19 @@ impl Inbound for Recorder {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-
     use super::*;
-
-    /// Sends one inline command to `redis` and returns the reply's first line.
-    fn command(redis: &TestRedis, command: &str) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", redis.port())).expect("connected");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("a timeout");
-        stream
-            .write_all(format!("{command}\r\n").as_bytes())
-            .expect("sent");
-        let mut reply = Vec::new();
-        let mut byte = [0];
-        while !reply.ends_with(b"\r\n") {
-            stream.read_exact(&mut byte).expect("a reply");
-            reply.push(byte[0]);
-        }
-        String::from_utf8_lossy(&reply).trim_end().to_owned()
-    }
 
     #[test]
     fn a_test_redis_pauses_resumes_and_restarts_empty() {
         let mut redis = TestRedis::start();
-        assert_eq!(command(&redis, "SET k v"), "+OK");
+        assert_eq!(redis.command("SET k v"), "+OK");
         redis.pause();
         assert!(!redis.ping(), "a paused server answers nothing");
         redis.resume();
         assert!(redis.ping());
-        assert_eq!(command(&redis, "GET k"), "$1", "paused, not restarted");
+        assert_eq!(redis.command("GET k"), "$1", "paused, not restarted");
         redis.restart();
-        assert_eq!(command(&redis, "GET k"), "$-1", "restarted empty");
+        assert_eq!(redis.command("GET k"), "$-1", "restarted empty");
         redis.kill();
         assert!(!redis.ping());
     }
