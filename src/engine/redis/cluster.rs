@@ -436,8 +436,21 @@ impl Monitor for Shared {
         log::debug!("redis engine: {}: {error}", part.name());
     }
 
-    fn published(&self, _: &UserId, _: &super::BatchOutcome, latency: Duration) {
+    fn published(
+        &self,
+        _: &UserId,
+        events: &[OutgoingEvent],
+        outcome: &super::BatchOutcome,
+        latency: Duration,
+    ) {
         self.metrics.engine_published(latency.as_secs_f64());
+        // Numbered by this node (the script drops the late events of a run already ended
+        // with `node_lost`): the in-process engine counts at the same step.
+        for (event, seq) in events.iter().zip(&outcome.seqs) {
+            if seq.is_some() {
+                self.metrics.published(event.wire_type);
+            }
+        }
     }
 
     fn lease_lost(&self) {

@@ -308,7 +308,8 @@ async fn send(node: Arc<Node>, user: UserId, events: Vec<OutgoingEvent>) -> (Use
     loop {
         match node.script.run(&node.commands, &batch).await {
             Ok(outcome) => {
-                node.monitor.published(&user, &outcome, started.elapsed());
+                node.monitor
+                    .published(&user, &events, &outcome, started.elapsed());
                 break;
             }
             Err(error) if error.is_transient() => {

@@ -69,7 +69,7 @@ pub(crate) struct BatchCounter {
 }
 
 impl Monitor for BatchCounter {
-    fn published(&self, _: &UserId, _: &BatchOutcome, _: Duration) {
+    fn published(&self, _: &UserId, _: &[OutgoingEvent], _: &BatchOutcome, _: Duration) {
         self.batches.fetch_add(1, Ordering::SeqCst);
     }
 }
