@@ -348,9 +348,10 @@ async fn the_application_emits_through_the_runtime_to_every_tab() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_streaming_while_its_user_connects_stays_in_order() {
-    // The emitter's first events find no stream for the user (no actor yet) and are dropped;
-    // once the registry subscribes the actor they are numbered and delivered. Across that
-    // moment no event may overtake another, and the numbering has no hole.
+    // The emitter's first events find no actor for the user (in process they are dropped;
+    // in Redis they are numbered and kept); once the registry subscribes the actor, events
+    // are delivered from the stream's position then. Across that moment no event may
+    // overtake another, and the numbering has no hole.
     let server = TestServer::start();
     for round in 0..10 {
         let user = format!("racer-{round}");
