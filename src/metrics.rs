@@ -59,6 +59,7 @@ pub(crate) enum DropReason {
     Crashed,
     /// The engine could not take the event (its Redis was unreachable or too slow for
     /// longer than its publish queue could hold).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     EngineUnavailable,
     /// The session was being closed by a drain.
     Draining,
@@ -270,18 +271,24 @@ impl Metrics {
         self.escalations.inc();
     }
 
+    // The engine's own metrics: only the Redis engine reports them.
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn engine_published(&self, latency_secs: f64) {
         self.engine_publish.observe(latency_secs);
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn engine_error(&self, part: &'static str) {
         self.engine_errors.get_or_create(&EnginePart { part }).inc();
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn engine_gap_repaired(&self) {
         self.engine_gaps_repaired.inc();
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn engine_resynced(&self) {
         self.engine_resyncs.inc();
     }

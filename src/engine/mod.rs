@@ -175,6 +175,7 @@ pub(crate) enum StopOutcome {
     /// The user has no such live run.
     NotFound,
     /// The engine could not find out (its store is unreachable); the client may retry.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Unavailable,
 }
 
@@ -189,6 +190,7 @@ pub(crate) struct RunStream {
     pub stop: RunStop,
     /// Held by an engine that has no per-user lock of its own while it checks the run's
     /// state and queues one of its events, so a stop cannot slip between the two.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub order: parking_lot::Mutex<()>,
 }
 
