@@ -414,7 +414,8 @@ impl AgentHandler for TestAgent {
                 for i in 0..n {
                     if i % 16 == 0 {
                         // As a producer emitting in a tight loop should: wait while the
-                        // engine has no room (with Redis, the node's publish queue is full).
+                        // engine has no room (with Redis, while the node's publish queue is
+                        // half full or more).
                         run.ready().await;
                     }
                     run.thinking(format!("step {i}"));
