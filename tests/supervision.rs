@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -11,6 +12,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use agentwire::{close_code, supervision::SupervisionKind, Config, Fault, UserId};
+use common::agent::WORKER_BLOCKED;
 use common::engine::is_redis;
 use common::{seqs, TestServer};
 use serde_json::{json, Value};
@@ -350,11 +352,36 @@ async fn a_stalled_session_is_cut_off_and_the_log_says_so() {
         assert!(Instant::now() < deadline, "the session stalls: {tree}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // ivy's actor runs on the worker thread of her socket (the default placement), where
+    // her requests' handlers run too: while a handler blocks that thread, the 202 events
+    // below all reach the actor's mailbox before it handles any, so the socket's cut-off,
+    // its close and its detach all come after every event (else events emitted after the
+    // detach would not be counted as dropped for it).
+    ivy.send(json!({ "type": "start_agent", "user_request": "block:2000" }))
+        .await;
+    let deadline = Instant::now() + common::PATIENCE;
+    while !WORKER_BLOCKED.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the handler blocks its worker");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let run = server.user("ivy").start_run("t", "app");
     for i in 0..200 {
         run.thinking(format!("{i}"));
     }
     run.complete("done");
+    // With Redis the events reach the mailbox through pub/sub: wait until all are there.
+    loop {
+        let snapshot = server.runtime.snapshot().await.unwrap();
+        if snapshot.users["ivy"].stats.backlog >= 202 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the events reach ivy's actor");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        WORKER_BLOCKED.load(Ordering::SeqCst),
+        "too slow to test: the worker was released before every event was queued"
+    );
     // Nothing was written during the stall, so the 51st event (seq 51) found the backlog
     // at the limit of 50: the socket gets seq 1 to 50, in order, then 4001.
     let mut received = Vec::new();
@@ -385,8 +412,10 @@ async fn a_stalled_session_is_cut_off_and_the_log_says_so() {
         cut_off.reason
     );
     // Of the 202 events (agent_started, 200 thinking, agent_completed) the last 152 were
-    // dropped for the slow consumer.
+    // dropped for the slow consumer, counted as ivy's actor handles them (the socket may be
+    // gone from the registry's count before).
     server.wait_for_sessions(0).await;
+    server.wait_for_seq("ivy", 202).await;
     let metrics = server.metrics().await;
     assert_eq!(
         metrics.series("agentwire_events_dropped_total"),
