@@ -66,13 +66,17 @@ pub struct Config {
     /// [`UserPlacement::Pool`] (with `WithFirstSocket` they are only the fallback for a
     /// socket whose thread has stopped). Default: one per core.
     pub user_arbiters: usize,
-    /// How many recent events each user's replay buffer keeps. Default 1,000.
+    /// How many recent events each user's replay buffer keeps. Default 1,000. With Redis,
+    /// how many of the last events of a user's stream a resume may replay.
     pub replay_max_events: usize,
     /// How old a buffered event may get before it is dropped from the replay buffer.
-    /// Default 5 min.
+    /// Default 5 min. With Redis, the oldest event a resume may replay, and how long after a
+    /// user's last event their history is kept.
     pub replay_max_age: Duration,
-    /// How long a user's actor (and its numbering and replay buffer) outlives the user's last
-    /// socket, so a reconnect can resume. Default 2 min.
+    /// How long a user's actor (and, in process, its numbering and replay buffer) outlives
+    /// the user's last socket, so a reconnect can resume. Default 2 min. With Redis the
+    /// stream lives in Redis and outlives the actor: a resume after the window is still
+    /// exact while its events are within the replay bounds.
     pub resume_window: Duration,
     /// The most user actors at once, connected or within their resume window. At the cap,
     /// the user idle the longest is expired early; if every user is connected, the new
@@ -80,7 +84,8 @@ pub struct Config {
     pub max_users: usize,
     /// The most bytes all replay buffers together may hold. A push that crosses it makes the
     /// pushing user drop its own oldest buffered events until the total is under it again.
-    /// Default 256 MiB.
+    /// Default 256 MiB. In process only: with Redis, history is in Redis, bounded per user
+    /// by `replay_max_events` and `replay_max_age`.
     pub max_replay_bytes: usize,
     /// A socket with this many frames sent to it but not yet written (a client that stopped
     /// reading) gets no more live events and is closed with 4001 once it can be. Default 4,096.

@@ -128,10 +128,13 @@ impl AgentRun {
         self.stream.stop.stopped()
     }
 
-    /// Waits while the user's actor has `max_user_backlog` or more events waiting, so a
-    /// producer emitting in a tight loop cannot grow server memory without bound. Emitting
-    /// never blocks; code that emits faster than the user's actor can encode should await
-    /// this every few dozen events. Returns at once when the run was cancelled.
+    /// Waits while the engine cannot take more events now, so a producer emitting in a
+    /// tight loop cannot grow server memory without bound: in process, while the user's
+    /// actor has `max_user_backlog` or more events waiting; with Redis, while this node's
+    /// publish queue is half full or more (Redis is slow or unreachable, or emitters outrun
+    /// it; past full, events are refused and their run ends with `engine_unavailable`).
+    /// Emitting never blocks; code that emits faster than that should await this every few
+    /// dozen events. Returns at once when the run was cancelled.
     pub async fn ready(&self) {
         while !self.stream.stop.is_stopped() && !self.engine.has_room(&self.stream) {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;

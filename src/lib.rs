@@ -148,7 +148,7 @@ pub use registry::{Fault, RegistrySnapshot, UserSnapshot};
 pub use routes::routes;
 pub use runtime::{FaultError, Runtime, RuntimeBuilder, RuntimeGone, ShutdownReport};
 pub use session::InMemorySocket;
-pub use stats::{ActorState, ActorStats, StatsSnapshot};
+pub use stats::{ActorState, ActorStats, StatsSnapshot, StreamPosition};
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.
 #[doc = include_str!("../README.md")]

@@ -271,6 +271,8 @@ impl Metrics {
         self.escalations.inc();
     }
 
+    // The engine's own metrics: only the Redis engine reports them.
+
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn engine_published(&self, latency_secs: f64) {
         self.engine_publish.observe(latency_secs);

@@ -308,6 +308,7 @@ fn start_engine(
         }
         redis.history_max_events = config.replay_max_events.max(1);
         redis.history_ttl = config.replay_max_age;
+        redis.history_max_read = config.replay_max_events.max(1);
         let max_user_backlog = usize::try_from(config.max_user_backlog).unwrap_or(usize::MAX);
         let engine = crate::engine::ClusterEngine::start(redis, max_user_backlog, metrics)
             .map_err(|e| ConfigError::new(format!("redis: {e}")))?;

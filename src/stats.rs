@@ -7,7 +7,10 @@
 //! client that stopped reading.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use serde::Serialize;
 
@@ -15,7 +18,7 @@ use serde::Serialize;
 ///
 /// For a session: frames (and bytes) queued to it by its user's actor, and frames (and
 /// bytes) it wrote to its socket. For a user actor: deliveries from the engine it received
-/// and handled, and the bytes of the events among them.
+/// and handled, the bytes of the events among them, and where the user's stream stands.
 #[derive(Debug)]
 pub struct ActorStats {
     started_at: SystemTime,
@@ -27,6 +30,10 @@ pub struct ActorStats {
     last_activity_ms: AtomicU64,
     state: AtomicU8,
     restarts: AtomicU32,
+    /// A user actor's stream: its epoch (set when the engine says where the stream stands,
+    /// rarely) and the `seq` of the last event the actor received (set on every event).
+    epoch: Mutex<Option<Arc<str>>>,
+    seq: AtomicU64,
 }
 
 /// What an actor is doing, as shown in the tree.
@@ -72,6 +79,8 @@ impl Default for ActorStats {
             last_activity_ms: AtomicU64::new(now_ms()),
             state: AtomicU8::new(0),
             restarts: AtomicU32::new(0),
+            epoch: Mutex::new(None),
+            seq: AtomicU64::new(0),
         }
     }
 }
@@ -103,6 +112,17 @@ impl ActorStats {
     pub(crate) fn inherit_restarts(&self, previous: &ActorStats) {
         self.restarts
             .store(previous.restarts.load(Relaxed), Relaxed);
+    }
+
+    /// A user actor learned where its stream stands.
+    pub(crate) fn positioned(&self, epoch: &Arc<str>, seq: u64) {
+        *self.epoch.lock() = Some(epoch.clone());
+        self.seq.store(seq, Relaxed);
+    }
+
+    /// A user actor has handled (fanned out) the event `seq` of its stream.
+    pub(crate) fn reached(&self, seq: u64) {
+        self.seq.store(seq, Relaxed);
     }
 
     pub(crate) fn queued(&self, bytes: usize) {
@@ -143,6 +163,10 @@ impl ActorStats {
             bytes: self.handled_bytes.load(Relaxed),
             idle_for_ms: now_ms().saturating_sub(last_activity_ms),
             restarts: self.restarts.load(Relaxed),
+            stream: self.epoch.lock().as_ref().map(|epoch| StreamPosition {
+                epoch: epoch.to_string(),
+                seq: self.seq.load(Relaxed),
+            }),
         }
     }
 }
@@ -168,4 +192,17 @@ pub struct StatsSnapshot {
     pub idle_for_ms: u64,
     /// Times the actor was restarted after a crash (users).
     pub restarts: u32,
+    /// Where the user's stream stands for its actor (users, once the engine said): compare
+    /// it across nodes to see whether a node is behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamPosition>,
+}
+
+/// A position in a user's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamPosition {
+    /// The stream's numbering epoch.
+    pub epoch: String,
+    /// The `seq` of the last event received.
+    pub seq: u64,
 }

@@ -6,6 +6,10 @@
 
 mod browser;
 
+#[path = "../src/engine/redis/test_server.rs"]
+#[allow(dead_code)]
+mod test_server;
+
 use browser::demo_page::{self, ask, ask_synthetic, log_in, wait_last_run};
 use browser::servers::{DemoServer, ADMIN_TOKEN};
 use browser::Browser;
@@ -46,6 +50,7 @@ fn the_debug_page_lists_users_and_sessions_and_marks_a_restarted_user() {
     let debug = browser.new_tab();
     browser.goto(&server.url(&format!("/debug#token={}", ADMIN_TOKEN.replace(' ', "%20"))));
     wait_live(&browser);
+    assert_eq!(node_shown(&browser), "node local · local engine");
     browser.wait_for(
         "alice and bob in the tree",
         "document.getElementById('treeCount').textContent.startsWith('2 of 2 users')",
@@ -121,6 +126,41 @@ fn the_debug_page_lists_users_and_sessions_and_marks_a_restarted_user() {
     ask(&browser, "Still there?");
     wait_last_run(&browser, 2, "completed");
     browser.screenshot("alice's next question");
+}
+
+/// The node the page's header names, once it names one.
+fn node_shown(browser: &Browser) -> String {
+    let shown = browser.wait_for(
+        "the header to name the node",
+        "!document.getElementById('node').hidden && document.getElementById('node').textContent",
+    );
+    shown.as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn the_debug_page_of_a_node_on_redis_names_the_node() {
+    let redis = test_server::TestRedis::start();
+    let browser = Browser::open("debug-page-cluster-node");
+    let server = DemoServer::start(&["--redis", &redis.url(), "--redis-prefix", "page"]);
+    browser.goto(&server.url(&format!("/debug#token={}", ADMIN_TOKEN.replace(' ', "%20"))));
+    wait_live(&browser);
+    let shown = node_shown(&browser);
+    browser.screenshot("the node in the header");
+    let node = shown
+        .strip_prefix("node ")
+        .and_then(|s| s.strip_suffix(" · redis engine"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    // The id the cluster knows the node by: it holds a lease under it.
+    assert_eq!(
+        redis.command(&format!("SISMEMBER page:nodes {node}")),
+        ":1",
+        "{shown}"
+    );
+    let title = browser.js("return document.title;", json!([]));
+    assert!(
+        title.as_str().is_some_and(|t| t.ends_with(node)),
+        "the tab's title names the node: {title}"
+    );
 }
 
 #[test]

@@ -414,7 +414,9 @@ fn tree_watch_keeps_watching_through_a_server_restart() {
     let server = Serve::start("127.0.0.1:0", &[], "warn");
     let addr = server.addr;
     let mut watch = Watch::start(&format!("http://{addr}"));
-    let screen = watch.screen_where("the tree", |s| s.contains("registry  users="));
+    let screen = watch.screen_where("the tree", |s| {
+        s.contains("registry@local  engine=local users=")
+    });
     let stamp = screen.lines().nth(1).unwrap();
     assert!(
         starts_with_timestamp(stamp) && stamp.ends_with("  ok"),
@@ -438,13 +440,14 @@ fn tree_watch_keeps_watching_through_a_server_restart() {
         "{screen}"
     );
     assert!(
-        screen.contains("registry  users="),
+        screen.contains("registry@local  engine=local users="),
         "the last tree stays: {screen}"
     );
 
     // The server comes back on the same address: the watch shows it again.
     let _restarted = Serve::start(&addr.to_string(), &[], "warn");
     watch.screen_where("the tree again", |s| {
-        s.lines().nth(1).is_some_and(|l| l.ends_with("  ok")) && s.contains("registry  users=")
+        s.lines().nth(1).is_some_and(|l| l.ends_with("  ok"))
+            && s.contains("registry@local  engine=local users=")
     });
 }

@@ -4,17 +4,13 @@
 
 mod common;
 
-#[path = "../src/engine/redis/test_server.rs"]
-#[allow(dead_code)]
-mod test_server;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use agentwire::Config;
+use common::engine::TestRedis;
 use common::{seqs, types, Client, TestServer, PATIENCE};
 use serde_json::{json, Value};
-use test_server::TestRedis;
 
 /// Three nodes on `redis`, each under the same prefix.
 fn cluster(redis: &TestRedis, nodes: usize) -> Vec<TestServer> {
@@ -294,4 +290,125 @@ async fn an_emitter_that_awaits_ready_waits_for_redis_instead_of_losing_its_run(
     let start = client.welcome["seq"].as_u64().unwrap();
     assert_eq!(seqs(&got), (start + 1..=start + 202).collect::<Vec<_>>());
     assert_eq!(got[201]["type"], "agent_completed", "the run was not cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_nodes_tree_names_the_node_in_json_text_and_dot() {
+    let redis = TestRedis::start();
+    let nodes = cluster(&redis, 2);
+    let _alice = nodes[0].connect("alice").await;
+    let mut names = Vec::new();
+    for node in &nodes {
+        let (status, json) = node.admin_get("/debug/tree").await;
+        assert_eq!(status, 200);
+        let tree: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(tree["engine"], "redis");
+        let id = tree["node"]
+            .as_str()
+            .expect("the tree names its node")
+            .to_owned();
+        // The id the cluster knows the node by: it holds a lease under it.
+        assert_eq!(
+            redis.command(&format!("SISMEMBER cluster-test:nodes {id}")),
+            ":1",
+            "{id} is a node of the cluster"
+        );
+        let (_, text) = node.admin_get("/debug/tree?format=text").await;
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("registry@{id}  engine=redis users=")),
+            "{text}"
+        );
+        let (_, dot) = node.admin_get("/debug/tree?format=dot").await;
+        assert!(dot.contains(&format!("\"registry@{id}\" [label=")), "{dot}");
+        names.push(id);
+    }
+    assert_ne!(names[0], names[1], "each node names itself");
+    // Alice's socket is on the first node only: each tree shows its own node's actors.
+    let (_, first) = nodes[0].admin_get("/debug/tree").await;
+    let (_, second) = nodes[1].admin_get("/debug/tree").await;
+    assert!(first.contains("\"id\":\"alice\""), "{first}");
+    assert!(!second.contains("\"id\":\"alice\""), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_actor_crash_on_one_node_loses_nothing_of_the_stream_in_redis() {
+    let redis = TestRedis::start();
+    let nodes = cluster(&redis, 2);
+    let mut tab = nodes[0].connect("hana").await;
+    let mut roamer = nodes[0].connect("hana").await;
+    let mut watcher = nodes[1].connect("hana").await;
+    for client in [&mut roamer, &mut watcher] {
+        client.send(json!({ "type": "ping" })).await;
+        client.expect("pong").await;
+    }
+    let epoch = tab.welcome["epoch"].as_str().unwrap().to_owned();
+    // A run of the first node's handler: agent_started, 60 thoughts 15 ms apart, completed.
+    tab.send(json!({ "type": "start_agent", "user_request": "pace:60:15" }))
+        .await;
+    let before = events(&mut tab, 10).await;
+    let roamed = events(&mut roamer, 10).await;
+
+    // The first node's actor of hana crashes (the operators' fault route).
+    let auth = format!("Authorization: Bearer {}\r\n", common::ADMIN);
+    let body = r#"{"action":"crash_user","user":"hana"}"#;
+    let (status, _) = common::http(nodes[0].addr, "POST", "/debug/fault", Some(body), &auth).await;
+    assert_eq!(status, 202);
+
+    // The tab: the rest of what the old actor had queued, then `resync_required` in the
+    // same epoch (the stream lives in Redis), then the run carries on from its position
+    // in that epoch, to its end.
+    let mut last = before.last().unwrap()["seq"].as_u64().unwrap();
+    let resync = loop {
+        let frame = tab.next().await;
+        if frame["type"] == "resync_required" {
+            break frame;
+        }
+        assert_eq!(frame["seq"], last + 1, "{frame}");
+        last += 1;
+    };
+    assert_eq!(
+        resync["epoch"],
+        epoch.as_str(),
+        "the stream survived the crash"
+    );
+    let position = resync["seq"].as_u64().unwrap();
+    assert!(
+        position >= last,
+        "the resync is not behind what the tab has"
+    );
+    let after = tab.collect_run().await;
+    assert_eq!(
+        seqs(&after),
+        (position + 1..=62).collect::<Vec<_>>(),
+        "later events continue the same stream"
+    );
+    assert!(after.iter().all(|f| f["epoch"] == epoch.as_str()));
+    assert_eq!(types(&after).last(), Some(&"agent_completed"));
+
+    // The other node's actor never noticed: the whole run, in order, once.
+    let whole = events(&mut watcher, 62).await;
+    assert_eq!(seqs(&whole), (1..=62).collect::<Vec<_>>());
+
+    // A client of the crashed node that moves to the other node and resumes from the last
+    // event it had gets exactly what it missed, then the rest, as the other node saw it.
+    let had = roamed.last().unwrap()["seq"].as_u64().unwrap();
+    roamer.abort();
+    let mut moved = nodes[1].connect_resuming("hana", &epoch, had).await;
+    let missed = events(&mut moved, (62 - had) as usize).await;
+    assert_eq!(missed, whole[had as usize..], "exactly the missed events");
+    let resumed = moved.expect("resumed").await;
+    assert_eq!(resumed["from_seq"], had + 1);
+
+    // Only the first node restarted anything.
+    let kinds = |node: &TestServer| -> Vec<SupervisionKind> {
+        let events = node.runtime.supervision_events();
+        events.into_iter().map(|e| e.kind).collect()
+    };
+    use agentwire::supervision::SupervisionKind;
+    assert_eq!(
+        kinds(&nodes[0]),
+        [SupervisionKind::FaultInjected, SupervisionKind::Restart]
+    );
+    assert_eq!(kinds(&nodes[1]), []);
 }

@@ -4,18 +4,14 @@
 
 mod common;
 
-#[path = "../src/engine/redis/test_server.rs"]
-#[allow(dead_code)]
-mod test_server;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::engine::TestRedis;
 use common::{token, Client, PATIENCE};
 use serde_json::{json, Value};
-use test_server::TestRedis;
 
 /// The documented bound from a node's death to its runs' `node_lost` errors, and a margin
 /// for a loaded machine.

@@ -386,7 +386,10 @@ async fn agentwire_tree_prints_the_live_tree() {
 
     let out = tree("text", "admin test token").await.unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("registry  users=2 sessions=3"), "{text}");
+    assert!(
+        text.starts_with("registry@local  engine=local users=2 sessions=3"),
+        "{text}"
+    );
     assert_eq!(text.lines().filter(|l| l.contains("session:")).count(), 3);
 
     let out = tree("dot", "admin test token").await.unwrap();

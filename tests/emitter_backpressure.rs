@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire::Config;
-use common::{seqs, TestServer, WORKER_BLOCKED};
+use common::agent::WORKER_BLOCKED;
+use common::{seqs, TestServer};
 use serde_json::json;
 use tokio::time::Instant;
 

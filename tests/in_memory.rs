@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use agentwire::{InMemorySocket, JwtAuthenticator, Runtime, UserId};
+use common::engine::TestRedis;
 use common::{seqs, types, TestAgent};
 use serde_json::{json, Value};
 
@@ -38,17 +39,17 @@ fn start(runtime_test: impl std::future::Future<Output = ()>) {
     actix_web::rt::System::new().block_on(runtime_test);
 }
 
-fn runtime() -> Runtime {
-    Runtime::builder(JwtAuthenticator::hs256(common::SECRET))
-        .handler(TestAgent)
-        .start()
-        .expect("valid config")
+/// A runtime on the test engine, and its Redis (if any), to keep as long as the runtime.
+fn runtime() -> (Runtime, Option<TestRedis>) {
+    let builder = Runtime::builder(JwtAuthenticator::hs256(common::SECRET)).handler(TestAgent);
+    let (builder, redis) = common::engine::on_test_engine(builder);
+    (builder.start().expect("valid config"), redis)
 }
 
 #[test]
 fn a_request_over_an_in_memory_socket_reaches_the_handler_and_its_run_comes_back_in_order() {
     start(async {
-        let runtime = runtime();
+        let (runtime, _redis) = runtime();
         let mut socket = runtime.connect_in_memory(UserId::new("ines").unwrap());
         let welcome = next(&mut socket).await;
         assert_eq!(welcome["type"], "welcome");
@@ -73,7 +74,7 @@ fn a_request_over_an_in_memory_socket_reaches_the_handler_and_its_run_comes_back
 #[test]
 fn in_memory_sockets_fan_out_per_user_and_leave_the_registry_when_dropped() {
     start(async {
-        let runtime = runtime();
+        let (runtime, _redis) = runtime();
         let mut tabs = vec![
             runtime.connect_in_memory(UserId::new("jo").unwrap()),
             runtime.connect_in_memory(UserId::new("jo").unwrap()),

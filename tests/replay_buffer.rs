@@ -1,6 +1,10 @@
 //! The replay buffer's bounds over real sockets: events older than `replay_max_age` are gone
 //! by the next resume, and a push over the global `max_replay_bytes` budget costs only the
 //! pushing user's oldest events.
+//!
+//! The in-process engine's buffer only: `max_replay_bytes` has no counterpart in Redis
+//! (there, `replay_max_events` and `replay_max_age` bound a resume; `tests/resume.rs` checks
+//! them on both engines), so this suite does not run on the Redis engine.
 
 mod common;
 

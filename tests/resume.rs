@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use agentwire::Config;
+use common::engine::is_redis;
 use common::{seqs, TestServer};
 use serde_json::json;
 
@@ -36,6 +37,7 @@ async fn a_resume_frame_replays_exactly_the_missed_events_before_any_live_one() 
     // While she is away the application emits more: seq 8..=10.
     server.wait_for_sessions(0).await;
     emit(&server, "ana", 1);
+    server.wait_for_seq("ana", 10).await;
 
     let mut second = server.connect("ana").await;
     assert_eq!(second.welcome["epoch"], epoch.as_str(), "same numbering");
@@ -74,6 +76,7 @@ async fn resume_at_connect_replays_before_the_live_stream() {
     first.abort();
     server.wait_for_sessions(0).await;
     emit(&server, "ben", 3); // seq 1..=5
+    server.wait_for_seq("ben", 5).await;
 
     let mut second = server.connect_resuming("ben", &epoch, 2).await;
     assert_eq!(second.welcome["seq"], 5);
@@ -197,6 +200,7 @@ async fn a_replay_on_a_socket_narrowed_to_a_thread_holds_only_that_threads_event
         run.thinking(thread);
         run.complete(thread);
     }
+    server.wait_for_seq("ike", 9).await;
 
     let mut narrow = server.connect("ike").await;
     assert_eq!(narrow.welcome["seq"], 9);
@@ -232,24 +236,35 @@ async fn a_replay_on_a_socket_narrowed_to_a_thread_holds_only_that_threads_event
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn numbering_restarts_with_a_new_epoch_after_the_resume_window() {
+async fn after_the_resume_window_an_in_process_stream_starts_over_and_one_in_redis_goes_on() {
     let server = TestServer::start_with(Config {
         resume_window: Duration::from_millis(200),
         ..Config::default()
     });
     let first = server.connect("fay").await;
     let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
-    emit(&server, "fay", 0);
+    emit(&server, "fay", 0); // seq 1, 2
+    server.wait_for_seq("fay", 2).await;
     drop(first);
     server.wait_for_user_gone("fay").await;
     let mut second = server.connect("fay").await;
-    assert_ne!(second.welcome["epoch"], epoch.as_str(), "a new epoch");
-    assert_eq!(second.welcome["seq"], 0);
     second
-        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 2 }))
+        .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 0 }))
         .await;
-    let resync = second.expect("resync_required").await;
-    assert_eq!(resync["epoch"], second.welcome["epoch"]);
+    if is_redis() {
+        // The stream lives in Redis, not in the user's actor: it outlives the actor (for
+        // the engine's `state_ttl`), so the numbering goes on and the resume is exact.
+        assert_eq!(second.welcome["epoch"], epoch.as_str(), "the same epoch");
+        assert_eq!(second.welcome["seq"], 2);
+        assert_eq!(seqs(&[second.next().await, second.next().await]), [1, 2]);
+        assert_eq!(second.expect("resumed").await["to_seq"], 2);
+    } else {
+        // In process, the stream is the actor's: it ended with the window.
+        assert_ne!(second.welcome["epoch"], epoch.as_str(), "a new epoch");
+        assert_eq!(second.welcome["seq"], 0);
+        let resync = second.expect("resync_required").await;
+        assert_eq!(resync["epoch"], second.welcome["epoch"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,6 +299,7 @@ async fn a_socket_gets_at_most_one_replay() {
     first.abort();
     server.wait_for_sessions(0).await;
     emit(&server, "hal", 3); // seq 1..=5
+    server.wait_for_seq("hal", 5).await;
     let mut second = server.connect("hal").await;
     second
         .send(json!({ "type": "resume", "epoch": epoch, "last_seq": 0 }))
@@ -375,6 +391,7 @@ async fn a_partial_resume_replays_what_the_buffer_still_holds_and_says_from_wher
     let first = server.connect("ivy").await;
     let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
     emit(&server, "ivy", 5); // seq 1..=7; the buffer keeps 4..=7
+    server.wait_for_seq("ivy", 7).await;
     let mut exact = server.connect("ivy").await;
     assert_eq!(exact.welcome["seq"], 7);
     exact
@@ -431,6 +448,7 @@ async fn a_partial_resume_with_nothing_left_in_the_buffer_still_resyncs() {
     let first = server.connect("jon").await;
     let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
     emit(&server, "jon", 1); // seq 1..=3
+    server.wait_for_seq("jon", 3).await;
     tokio::time::sleep(Duration::from_millis(20)).await; // all three are past the age limit
     let mut second = server.connect("jon").await;
     assert_eq!(second.welcome["seq"], 3);

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::engine::is_redis;
 use common::{seqs, types, TestServer};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -231,6 +232,7 @@ async fn the_registry_tracks_sockets_and_retires_users() {
         ..agentwire::Config::default()
     });
     let erin1 = server.connect("erin").await;
+    let erin_epoch = erin1.welcome["epoch"].as_str().unwrap().to_owned();
     let erin2 = server.connect("erin").await;
     let frank = server.connect("frank").await;
     let snapshot = server.wait_for_sessions(3).await;
@@ -253,12 +255,38 @@ async fn the_registry_tracks_sockets_and_retires_users() {
     server.wait_for_sessions(0).await;
     server.wait_for_user_gone("frank").await;
 
-    // Emitting to a user with no socket is safe and counted.
+    // Emitting to a user with no actor is safe.
     let run = server
         .runtime
         .user(agentwire::UserId::new("erin").unwrap())
         .start_run("t", "app");
     run.complete("nobody is listening");
+    if is_redis() {
+        // Redis keeps a user's stream whether or not a node has an actor for them: nothing
+        // is dropped, and a socket resuming from where erin left receives both events (as
+        // a replay, or live when they reach Redis after its welcome), once, in order.
+        let mut back = server.connect_resuming("erin", &erin_epoch, 0).await;
+        assert_eq!(back.welcome["epoch"], erin_epoch.as_str());
+        let mut events = Vec::new();
+        let mut resumed = 0;
+        while events.len() < 2 {
+            let frame = back.next().await;
+            match frame["type"].as_str() {
+                Some("resumed") => resumed += 1,
+                _ => events.push(frame),
+            }
+        }
+        assert_eq!(types(&events), ["agent_started", "agent_completed"]);
+        assert_eq!(seqs(&events), [1, 2]);
+        if resumed == 0 {
+            assert_eq!(back.expect("resumed").await["from_seq"], 1);
+        }
+        let snapshot = server.runtime.snapshot().await.unwrap();
+        assert_eq!(snapshot.dropped_for_absent_users, 0);
+        return;
+    }
+    // In process, a stream lives in its user's actor: with none, the events are dropped,
+    // and counted.
     let deadline = Instant::now() + common::PATIENCE;
     let dropped = loop {
         let dropped = server
@@ -320,9 +348,10 @@ async fn the_application_emits_through_the_runtime_to_every_tab() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_streaming_while_its_user_connects_stays_in_order() {
-    // The emitter's first events find no stream for the user (no actor yet) and are dropped;
-    // once the registry subscribes the actor they are numbered and delivered. Across that
-    // moment no event may overtake another, and the numbering has no hole.
+    // The emitter's first events find no actor for the user (in process they are dropped;
+    // in Redis they are numbered and kept); once the registry subscribes the actor, events
+    // are delivered from the stream's position then. Across that moment no event may
+    // overtake another, and the numbering has no hole.
     let server = TestServer::start();
     for round in 0..10 {
         let user = format!("racer-{round}");

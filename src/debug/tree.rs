@@ -1,5 +1,7 @@
 //! The supervision tree as served to operators: nested nodes (JSON), Graphviz DOT, and an
-//! indented text tree like `tree`'s, each built from one registry snapshot.
+//! indented text tree like `tree`'s, each built from one registry snapshot. The root names
+//! the node it runs on (`registry@node_…` with the Redis engine, `registry@local` in
+//! process), so trees fetched from several nodes of a cluster cannot be mixed up.
 
 use std::fmt::Write;
 
@@ -15,6 +17,13 @@ pub struct TreeNode {
     pub kind: &'static str,
     /// `registry`, the user id, or the session number.
     pub id: String,
+    /// The node the tree is of (the registry only): its id among the nodes sharing a
+    /// Redis, or `local` for the in-process engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The engine keeping the users' streams (the registry only): `local` or `redis`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<&'static str>,
     /// The actor's counters (users and sessions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsSnapshot>,
@@ -75,6 +84,8 @@ impl From<&RegistrySnapshot> for TreeNode {
                         TreeNode {
                             kind: "session",
                             id: session_id.to_string(),
+                            node: None,
+                            engine: None,
                             stats: Some(stats.clone()),
                             totals: None,
                             children: Vec::new(),
@@ -84,6 +95,8 @@ impl From<&RegistrySnapshot> for TreeNode {
                 TreeNode {
                     kind: "user",
                     id: user_id.clone(),
+                    node: None,
+                    engine: None,
                     stats: Some(user.stats.clone()),
                     totals: None,
                     children: sessions,
@@ -93,6 +106,8 @@ impl From<&RegistrySnapshot> for TreeNode {
         TreeNode {
             kind: "registry",
             id: "registry".to_owned(),
+            node: Some(snapshot.node.clone()),
+            engine: Some(snapshot.engine),
             stats: None,
             totals: Some(totals),
             children,
@@ -104,19 +119,21 @@ impl From<&RegistrySnapshot> for TreeNode {
 pub const LAGGING_BACKLOG: u64 = 64;
 
 impl TreeNode {
-    /// `kind:id`, as the logs name actors.
+    /// `kind:id`, as the logs name actors; the registry as `registry@node`.
     fn name(&self) -> String {
-        match self.kind {
-            "registry" => "registry".to_owned(),
-            kind => format!("{kind}:{}", self.id),
+        match (self.kind, &self.node) {
+            ("registry", Some(node)) => format!("registry@{node}"),
+            ("registry", None) => "registry".to_owned(),
+            (kind, _) => format!("{kind}:{}", self.id),
         }
     }
 
     fn summary(&self) -> String {
         if let Some(t) = &self.totals {
             return format!(
-                "users={} sessions={} backlog(registry)={} backlog(users)={} \
+                "engine={} users={} sessions={} backlog(registry)={} backlog(users)={} \
                  backlog(sessions)={} replay={}B restarts={} dropped(no user)={}{}",
+                self.engine.unwrap_or("?"),
                 t.users,
                 t.sessions,
                 t.registry_backlog,

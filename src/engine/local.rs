@@ -260,6 +260,10 @@ impl Engine for LocalEngine {
         Box::pin(std::future::ready(events))
     }
 
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
     fn stats(&self) -> EngineStats {
         EngineStats {
             dropped_for_absent_users: self.dropped_for_absent_users.load(Ordering::Relaxed),

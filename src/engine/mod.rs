@@ -63,7 +63,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn publish(&self, run: &Arc<RunStream>, event: AgentEvent, emitted_at: SystemTime);
 
     /// Whether `run`'s user can take more events now (the emitter's [`crate::AgentRun::ready`]
-    /// waits while this is false).
+    /// waits while this is false). It turns false early enough that what emitters publish
+    /// between two checks still fits.
     fn has_room(&self, run: &RunStream) -> bool;
 
     /// Stops `user`'s run `run_id`: its `agent_error` (code `cancelled`) is published, and
@@ -94,6 +95,15 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// Counters for the supervision tree and the metrics.
     fn stats(&self) -> EngineStats;
+
+    /// The engine's name, as the supervision tree shows it (`local`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// This node's id among the nodes that share the engine's store, as the supervision
+    /// tree names the node; `None` for an engine of one process.
+    fn node_id(&self) -> Option<&str> {
+        None
+    }
 
     /// The runtime is shutting down (its sockets are drained): publish what is still queued,
     /// within `deadline`, and leave. The in-process engine has nothing to do.

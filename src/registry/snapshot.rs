@@ -9,6 +9,9 @@ use serde::Serialize;
 use super::Registry;
 use crate::stats::StatsSnapshot;
 
+/// How the tree names the node of an engine of one process.
+const LOCAL_NODE: &str = "local";
+
 /// Asks for a copy of the tree: every user and their sessions, with counters.
 #[derive(Message)]
 #[rtype(result = "RegistrySnapshot")]
@@ -17,6 +20,11 @@ pub(crate) struct Snapshot;
 /// The supervision tree as the registry sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RegistrySnapshot {
+    /// This node: its id among the nodes sharing a Redis (the Redis engine), or `local`
+    /// (the in-process engine, where the process is the whole cluster).
+    pub node: String,
+    /// The engine that keeps the users' streams: `local` or `redis`.
+    pub engine: &'static str,
     /// Users with an actor (connected, or within their resume window), by id.
     pub users: BTreeMap<String, UserSnapshot>,
     /// Events emitted for users who had no actor at the time (never connected, or past
@@ -72,6 +80,8 @@ impl Handler<Snapshot> for Registry {
             })
             .collect();
         MessageResult(RegistrySnapshot {
+            node: self.engine.node_id().unwrap_or(LOCAL_NODE).to_owned(),
+            engine: self.engine.kind(),
             users,
             dropped_for_absent_users: engine.dropped_for_absent_users,
             replay_bytes: engine.history_bytes as usize,

@@ -110,8 +110,7 @@ impl Handler<UserDied> for Registry {
             SupervisionKind::Restart,
             actor,
             format!(
-                "{}; restarted, {} socket(s) told to resync, \
-                 {lost} queued event(s) lost",
+                "{}; restarted, {} socket(s) told to resync, {lost} queued event(s) lost",
                 msg.cause,
                 member.sessions.len()
             ),

@@ -316,6 +316,7 @@ impl Handler<Delivery> for User {
         match msg {
             Delivery::Position { epoch, seq } => {
                 let first = self.position.is_none();
+                self.stats.positioned(&epoch, seq);
                 self.position = Some((epoch, seq));
                 if first {
                     for attach in std::mem::take(&mut self.waiting) {
@@ -327,10 +328,12 @@ impl Handler<Delivery> for User {
                 self.stats.handled(0);
             }
             Delivery::Event(event) => {
-                if let Some((_, seq)) = &mut self.position {
-                    *seq = event.seq;
+                let seq = event.seq;
+                if let Some((_, position)) = &mut self.position {
+                    *position = seq;
                 }
                 let size = self.deliver(event);
+                self.stats.reached(seq);
                 self.stats.handled(size);
             }
         }

@@ -4,15 +4,19 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod engine;
 pub mod metrics;
 pub mod pipelined;
 
+pub use agent::TestAgent;
+use engine::TestRedis;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpServer};
-use agentwire::{AgentContext, AgentHandler, Config, JwtAuthenticator, Runtime, StartAgent};
+use agentwire::{Config, JwtAuthenticator, Runtime};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -31,11 +35,15 @@ pub const ADMIN: &str = "test admin token";
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A server running in its own thread, with its own actix system.
+/// A server running in its own thread, with its own actix system, on the test engine
+/// (see [`engine`]).
 pub struct TestServer {
     pub addr: SocketAddr,
     pub runtime: Runtime,
     system: actix_web::rt::System,
+    /// The server's own Redis, when the tests run on the Redis engine; killed after the
+    /// server stops.
+    redis: Option<TestRedis>,
 }
 
 impl TestServer {
@@ -44,27 +52,37 @@ impl TestServer {
     }
 
     pub fn start_with(config: Config) -> TestServer {
-        Self::start_node(config, true, None)
+        Self::start_node(config, true)
     }
 
     /// A server whose runtime has no agent handler (`start_agent` is `unsupported`).
     pub fn start_without_handler(config: Config) -> TestServer {
-        Self::start_node(config, false, None)
+        Self::start_node(config, false)
     }
 
-    /// A node of a cluster on the Redis at `redis_url` (keys under `prefix`).
+    /// A node of a cluster on the Redis at `redis_url` (keys under `prefix`), whatever the
+    /// test engine.
     pub fn start_clustered(config: Config, redis_url: &str, prefix: &str) -> TestServer {
-        Self::start_node(
+        Self::start_on(
             config,
             true,
             Some((redis_url.to_owned(), prefix.to_owned())),
+            None,
         )
     }
 
-    fn start_node(
+    /// A server on the test engine.
+    fn start_node(config: Config, with_handler: bool) -> TestServer {
+        let redis = engine::redis_for_runtime();
+        let cluster = redis.as_ref().map(|r| (r.url(), engine::PREFIX.to_owned()));
+        Self::start_on(config, with_handler, cluster, redis)
+    }
+
+    fn start_on(
         config: Config,
         with_handler: bool,
         redis: Option<(String, String)>,
+        own_redis: Option<TestRedis>,
     ) -> TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -99,6 +117,7 @@ impl TestServer {
             addr,
             runtime,
             system,
+            redis: own_redis,
         }
     }
 
@@ -140,6 +159,29 @@ impl TestServer {
 }
 
 impl TestServer {
+    /// Waits until `user`'s actor on this server has received their stream up to `seq`:
+    /// at once on the in-process engine, which hands each event to the actor as it numbers
+    /// it; the Redis engine numbers an event in Redis and delivers it through pub/sub, a
+    /// moment after the emitter's call returned. Returns the stream's epoch.
+    pub async fn wait_for_seq(&self, user: &str, seq: u64) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let snapshot = self.runtime.snapshot().await.expect("runtime alive");
+            let stream = snapshot
+                .users
+                .get(user)
+                .and_then(|u| u.stats.stream.clone());
+            if let Some(stream) = stream.filter(|s| s.seq >= seq) {
+                return stream.epoch;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user}'s stream never reached seq {seq}: {snapshot:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until `user` has no actor any more (its resume window ran out).
     pub async fn wait_for_user_gone(&self, user: &str) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -301,82 +343,6 @@ pub fn types(frames: &[Value]) -> Vec<&str> {
 
 pub fn seqs(frames: &[Value]) -> Vec<u64> {
     frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect()
-}
-
-/// The test agent. The request text picks the behaviour:
-/// - `golden`: every event type of a successful run;
-/// - `stream:N`: N thinking events, then completed;
-/// - `drop`: a thinking event, then the run is dropped;
-/// - `drop_tool`: a tool call is opened, then run and call are dropped;
-/// - `panic`: a tool call is opened, then the handler panics;
-/// - `wait`: waits (up to 30 s) for `stop_agent`, then returns;
-/// - `fail`: the run fails;
-/// - `pace:N:MS`: N thinking events MS milliseconds apart, then completed;
-/// - `block:MS`: blocks the worker thread it runs on for MS milliseconds (what an
-///   application must never do), with [`WORKER_BLOCKED`] set meanwhile; starts no run.
-pub struct TestAgent;
-
-/// Set while a `block:MS` request holds its worker thread.
-pub static WORKER_BLOCKED: AtomicBool = AtomicBool::new(false);
-
-impl AgentHandler for TestAgent {
-    async fn start_agent(&self, ctx: AgentContext, request: StartAgent) {
-        if let Some(ms) = request.user_request.strip_prefix("block:") {
-            let ms = ms.parse().unwrap_or(1000);
-            WORKER_BLOCKED.store(true, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(ms));
-            WORKER_BLOCKED.store(false, Ordering::SeqCst);
-            return;
-        }
-        let run = ctx.start_run("test-agent");
-        match request.user_request.as_str() {
-            "golden" => {
-                run.thinking("thinking about it");
-                let call = run.tool("search", json!({ "q": "agentwire" }));
-                call.complete(json!({ "hits": 3 }));
-                run.complete("the answer");
-            }
-            "drop" => run.thinking("about to be dropped"),
-            "drop_tool" => {
-                let _call = run.tool("search", json!({}));
-            }
-            "panic" => {
-                let _call = run.tool("search", json!({}));
-                panic!("the test agent panics on purpose");
-            }
-            "wait" => {
-                run.thinking("waiting to be stopped");
-                let stopped = tokio::time::timeout(Duration::from_secs(30), run.cancelled()).await;
-                if stopped.is_ok() {
-                    // Ignored on the wire: the user's actor already ended the run.
-                    run.thinking("after the stop");
-                }
-            }
-            "fail" => run.fail("the test agent fails on purpose"),
-            paced if paced.starts_with("pace:") => {
-                let mut parts = paced
-                    .split(':')
-                    .skip(1)
-                    .map(|n| n.parse::<u64>().unwrap_or(1));
-                let (n, ms) = (parts.next().unwrap_or(1), parts.next().unwrap_or(10));
-                for i in 0..n {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    run.thinking(format!("step {i}"));
-                }
-                run.complete("paced");
-            }
-            other => {
-                let n: usize = other
-                    .strip_prefix("stream:")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(1);
-                for i in 0..n {
-                    run.thinking(format!("step {i}"));
-                }
-                run.complete("streamed");
-            }
-        }
-    }
 }
 
 /// Connects and returns the socket without expecting a welcome (for refusals right after

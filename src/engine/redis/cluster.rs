@@ -15,7 +15,9 @@
 //!   supply, and an epoch change (Redis lost its data), becomes a new position, which the
 //!   user's sockets receive as `resync_required`. After every reconnect of the subscriber,
 //!   each receiver compares its position with the stored one and catches up the same way.
-//! - **History** reads exact ranges from the user's stream in Redis, with a time limit.
+//! - **History** reads a resume's range from the user's stream in Redis, with a time limit:
+//!   exactly, or (`partial`) its tail still held, within the same replay window as the
+//!   in-process engine (the last `replay_max_events`, none older than `replay_max_age`).
 //! - **Stop** finds the run's node in the user's live runs and asks it over its control
 //!   channel; the owning node stops the run and publishes its `cancelled` error.
 
@@ -136,7 +138,7 @@ impl Shared {
         let Some(core) = self.core() else { return };
         let outgoing = OutgoingEvent::new(run.user.clone(), &run.meta, &run.fields, at, event);
         match self.push(core, outgoing) {
-            Ok(()) => self.metrics.published(event.wire_type()),
+            Ok(()) => {}
             Err(EnqueueError::Full(_) | EnqueueError::Closed(_)) => {
                 self.refused(run, event);
             }
@@ -468,9 +470,22 @@ impl Monitor for Shared {
         log::debug!("redis engine: {}: {error}", part.name());
     }
 
-    fn published(&self, user: &UserId, events: usize, _: &super::BatchOutcome, latency: Duration) {
+    fn published(
+        &self,
+        user: &UserId,
+        events: &[OutgoingEvent],
+        outcome: &super::BatchOutcome,
+        latency: Duration,
+    ) {
         self.metrics.engine_published(latency.as_secs_f64());
-        self.unqueued(user, events);
+        // Numbered by this node (the script drops the late events of a run already ended
+        // with `node_lost`): the in-process engine counts at the same step.
+        for (event, seq) in events.iter().zip(&outcome.seqs) {
+            if seq.is_some() {
+                self.metrics.published(event.wire_type);
+            }
+        }
+        self.unqueued(user, events.len());
     }
 
     fn batch_dropped(&self, user: &UserId, events: usize, error: &super::EngineError) {
@@ -548,12 +563,14 @@ impl Engine for ClusterEngine {
             .get(&run.user)
             .copied()
             .unwrap_or(0);
-        // The user's own share, and room in the node's queue for a typical event.
+        // The user's own share, as the in-process engine bounds the user actor's mailbox;
+        // and the node's queue, shared by every emitter: past half full, emitters that
+        // await `ready()` wait, and the other half takes what they emit between two checks.
         user_queued < self.shared.max_user_backlog
             && self
                 .shared
                 .core()
-                .is_none_or(|core| core.publisher().has_room(1024))
+                .is_none_or(|core| core.publisher().has_headroom())
     }
 
     fn stop(&self, user: &UserId, run_id: &str) -> EngineFuture<StopOutcome> {
@@ -626,14 +643,13 @@ impl Engine for ClusterEngine {
         epoch: &str,
         after: u64,
         upto: u64,
-        _partial: bool,
+        partial: bool,
     ) -> EngineFuture<Option<Vec<HistoryEvent>>> {
         let (user, epoch) = (user.clone(), epoch.to_owned());
         self.shared.on_engine(None, move |shared| async move {
             let core = shared.core()?;
-            let read =
-                tokio::time::timeout(HISTORY_TIMEOUT, core.history(&user, &epoch, after, upto))
-                    .await;
+            let replay = core.replay(&user, &epoch, (after, upto), partial);
+            let read = tokio::time::timeout(HISTORY_TIMEOUT, replay).await;
             let events = match read {
                 Ok(Ok(events)) => events,
                 Ok(Err(error)) => {
@@ -660,6 +676,14 @@ impl Engine for ClusterEngine {
 
     fn stats(&self) -> EngineStats {
         EngineStats::default()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        self.shared.core().map(RedisEngine::node_id)
     }
 
     fn shutdown(&self, deadline: Duration) -> EngineFuture<()> {

@@ -4,10 +4,15 @@
 //! A range is served whole or not at all: the events with `after < seq <= upto` in the
 //! given epoch, or `None` when the epoch is not the user's current one, when the stream no
 //! longer holds every one of them (trimmed, expired, or Redis lost its data), or when the
-//! range is longer than `max_read` (a read is never unbounded). The position and the range
-//! are read in one MULTI/EXEC, so they describe the same moment.
+//! range is longer than `max_read` (a read is never unbounded). A partial read (a resume
+//! with `partial`) answers with the contiguous tail of the range still held instead. A
+//! resume's read counts only the events within the replay window (the last
+//! `history_max_events`, none older than `history_ttl`) as held, as the in-process engine's
+//! replay buffer does, so a resume is answered the same on both engines. The position and
+//! the range are read in one MULTI/EXEC, so they describe the same moment.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use redis::Value;
@@ -87,22 +92,48 @@ fn position_of(epoch: Option<String>, seq: Option<u64>) -> Option<Position> {
     })
 }
 
+/// What a read may return.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadLimits {
+    /// The most events one read returns.
+    pub max_read: usize,
+    /// When set, only the events a resume may still replay count as held: the last
+    /// `max_events` of the stream, none older than `max_age` (the in-process engine's replay
+    /// buffer keeps exactly these; the stream in Redis may hold more, since `MAXLEN ~` trims
+    /// whole nodes of it and its TTL counts from the user's last event).
+    pub window: Option<ReplayWindow>,
+}
+
+/// The events a resume may replay (see [`ReadLimits::window`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplayWindow {
+    pub max_events: u64,
+    pub max_age: Duration,
+}
+
 /// The events of `user` with `after < seq <= upto` in `epoch`, all of them, or `None`.
+/// With `partial`, when the oldest of them are no longer held, the ones from the oldest
+/// still held on (a contiguous tail ending at `upto`, possibly empty); `None` still for
+/// another epoch or a range past the stream's end.
 pub(crate) async fn range(
     commands: &Commands,
     keys: &Keys,
     user: &UserId,
     epoch: &str,
-    after: u64,
-    upto: u64,
-    max_read: usize,
+    (after, upto): (u64, u64),
+    partial: bool,
+    limits: ReadLimits,
 ) -> Result<Option<Vec<NumberedEvent>>, EngineError> {
     let Some(count) = upto.checked_sub(after) else {
         return Ok(None);
     };
-    if count > max_read as u64 {
-        return Ok(None);
-    }
+    let max_read = limits.max_read as u64;
+    // A longer range is refused without reading, or (partial) read from its last events.
+    let first = match count > max_read {
+        false => after + 1,
+        true if partial => upto - max_read + 1,
+        true => return Ok(None),
+    };
     let user_keys = keys.user(user);
     let mut pipeline = redis::pipe();
     pipeline
@@ -115,40 +146,55 @@ pub(crate) async fn range(
         pipeline
             .cmd("XRANGE")
             .arg(&user_keys.history)
-            .arg(format!("{}-0", after + 1))
+            .arg(format!("{first}-0"))
             .arg(format!("{upto}-0"))
             .arg("COUNT")
-            .arg(count);
+            .arg(upto + 1 - first);
     }
     let mut replies: Vec<Value> = commands.pipeline(&pipeline).await?;
     let entries = if count > 0 { replies.pop() } else { None };
     let meta = replies.pop().ok_or(EngineError::Reply("HMGET"))?;
     let (stored_epoch, seq): (Option<String>, Option<u64>) =
         redis::from_redis_value(meta).map_err(|_| EngineError::Reply("HMGET"))?;
-    match position_of(stored_epoch, seq) {
-        Some(position) if &*position.epoch == epoch && upto <= position.seq => {}
+    let position = match position_of(stored_epoch, seq) {
+        Some(position) if &*position.epoch == epoch && upto <= position.seq => position,
         _ => return Ok(None),
-    }
+    };
     let Some(entries) = entries else {
         return Ok(Some(Vec::new()));
     };
     let Value::Array(entries) = entries else {
         return Err(EngineError::Reply("XRANGE"));
     };
-    if entries.len() as u64 != count {
-        return Ok(None);
-    }
     let mut events = Vec::with_capacity(entries.len());
     let mut shared_epoch = None;
-    for (expected, entry) in (after + 1..).zip(entries) {
-        let record = entry_record(entry)?;
-        let event = parse_history_record(record, &mut shared_epoch)?;
-        if event.seq != expected || &*event.epoch != epoch {
+    for entry in entries {
+        let event = parse_history_record(entry_record(entry)?, &mut shared_epoch)?;
+        let follows = events
+            .last()
+            .is_none_or(|last: &NumberedEvent| event.seq == last.seq + 1);
+        if !follows || &*event.epoch != epoch {
             return Ok(None);
         }
         events.push(event);
     }
-    Ok(Some(events))
+    if let Some(window) = limits.window {
+        let oldest_kept = position.seq.saturating_sub(window.max_events) + 1;
+        let now = SystemTime::now();
+        let expired = |event: &NumberedEvent| {
+            event.seq < oldest_kept
+                || now.duration_since(event.emitted_at).unwrap_or_default() > window.max_age
+        };
+        let gone = events.iter().take_while(|e| expired(e)).count();
+        events.drain(..gone);
+    }
+    let tail_ends_at_upto = events.last().is_none_or(|last| last.seq == upto);
+    let whole = events.first().map(|e| e.seq) == Some(after + 1) && tail_ends_at_upto;
+    if whole || (partial && tail_ends_at_upto) {
+        Ok(Some(events))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The `r` field of one XRANGE entry, `[id, [field, value, ...]]`.
@@ -177,14 +223,22 @@ mod tests {
     use super::super::testing::*;
     use super::super::{Node, RedisConfig};
     use super::*;
-    use std::time::Duration;
+    use crate::envelope::RunFields;
 
-    /// Publishes `count` thinking events of `user` (in batches of up to 100), numbered after
-    /// `first_batch`; returns the epoch.
+    /// Publishes `count` thinking events of `user` (in batches of up to 100); returns the
+    /// epoch.
     async fn publish(node: &Node, user: &UserId, count: usize) -> Arc<str> {
+        publish_at(node, user, count, SystemTime::now()).await
+    }
+
+    /// [`publish`], the events emitted at `at`.
+    async fn publish_at(node: &Node, user: &UserId, count: usize, at: SystemTime) -> Arc<str> {
         let meta = run_meta("run_1");
         let events: Vec<OutgoingEvent> = (0..count)
-            .map(|i| outgoing(user, &meta, &thinking(format!("event {i}"))))
+            .map(|i| {
+                let event = thinking(format!("event {i}"));
+                OutgoingEvent::new(user.clone(), &meta, &RunFields::new(&meta), at, &event)
+            })
             .collect();
         let keys = node.keys.user(user);
         let mut epoch = None;
@@ -203,6 +257,79 @@ mod tests {
         epoch.expect("at least one event")
     }
 
+    /// The seqs a resume of `(after, upto]` reads within `window`.
+    async fn replayed(
+        node: &Node,
+        user: &UserId,
+        epoch: &str,
+        (after, upto): (u64, u64),
+        partial: bool,
+        window: ReplayWindow,
+    ) -> Option<Vec<u64>> {
+        let limits = ReadLimits {
+            max_read: 50,
+            window: Some(window),
+        };
+        let (commands, keys) = (&node.commands, &node.keys);
+        range(commands, keys, user, epoch, (after, upto), partial, limits)
+            .await
+            .unwrap()
+            .map(|events| events.iter().map(|e| e.seq).collect())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resume_reads_the_replay_window_exactly_or_its_tail() {
+        let redis = TestRedis::start();
+        let node = node(&RedisConfig {
+            history_max_events: 5,
+            ..config(&redis, "n1")
+        });
+        let alice = user("alice");
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        publish_at(&node, &alice, 4, an_hour_ago).await; // 1..=4
+        let epoch = publish(&node, &alice, 8).await; // 5..=12
+        let window = ReplayWindow {
+            max_events: 5,
+            max_age: Duration::from_secs(600),
+        };
+        // The stream holds more than 5 events (`MAXLEN ~` trims whole nodes of it); a resume
+        // sees the last 5, as the in-process replay buffer would hold them.
+        assert_eq!(
+            seqs(&node, &alice, &epoch, 2, 12).await,
+            Some((3..=12).collect())
+        );
+        let read = |range, partial, window| replayed(&node, &alice, &epoch, range, partial, window);
+        assert_eq!(read((2, 12), false, window).await, None);
+        assert_eq!(read((7, 12), false, window).await, Some((8..=12).collect()));
+        assert_eq!(read((7, 9), false, window).await, Some(vec![8, 9]));
+        assert_eq!(read((6, 9), false, window).await, None, "7 is out");
+        assert_eq!(
+            read((2, 12), true, window).await,
+            Some((8..=12).collect()),
+            "partial: the tail in the window"
+        );
+        assert_eq!(
+            read((2, 6), true, window).await,
+            Some(vec![]),
+            "partial: nothing of 3..=6 is in the window"
+        );
+        assert_eq!(read((0, 13), true, window).await, None, "13 does not exist");
+        assert_eq!(
+            replayed(&node, &alice, "another", (0, 12), true, window).await,
+            None,
+            "another epoch"
+        );
+
+        // By age: events emitted longer ago than `max_age` are out of the window.
+        let recent = ReplayWindow {
+            max_events: 100,
+            max_age: Duration::from_secs(600),
+        };
+        assert_eq!(read((4, 12), false, recent).await, Some((5..=12).collect()));
+        assert_eq!(read((3, 12), false, recent).await, None, "4 is too old");
+        assert_eq!(read((0, 12), true, recent).await, Some((5..=12).collect()));
+    }
+
     async fn seqs(
         node: &Node,
         user: &UserId,
@@ -210,10 +337,22 @@ mod tests {
         after: u64,
         upto: u64,
     ) -> Option<Vec<u64>> {
-        range(&node.commands, &node.keys, user, epoch, after, upto, 50)
-            .await
-            .unwrap()
-            .map(|events| events.iter().map(|e| e.seq).collect())
+        let limits = ReadLimits {
+            max_read: 50,
+            window: None,
+        };
+        range(
+            &node.commands,
+            &node.keys,
+            user,
+            epoch,
+            (after, upto),
+            false,
+            limits,
+        )
+        .await
+        .unwrap()
+        .map(|events| events.iter().map(|e| e.seq).collect())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,13 +401,25 @@ mod tests {
             None,
             "another user"
         );
-        let texts: Vec<String> = range(&node.commands, &node.keys, &alice, &epoch, 8, 10, 50)
-            .await
-            .unwrap()
-            .unwrap()
-            .iter()
-            .map(text_of)
-            .collect();
+        let limits = ReadLimits {
+            max_read: 50,
+            window: None,
+        };
+        let texts: Vec<String> = range(
+            &node.commands,
+            &node.keys,
+            &alice,
+            &epoch,
+            (8, 10),
+            false,
+            limits,
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(text_of)
+        .collect();
         assert_eq!(texts, ["event 8", "event 9"]);
     }
 

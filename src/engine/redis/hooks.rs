@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::error::EngineError;
 use super::record::NumberedEvent;
-use super::script::BatchOutcome;
+use super::script::{BatchOutcome, OutgoingEvent};
 use crate::ids::UserId;
 
 /// The delivery side: what this node's user actors need from the engine.
@@ -52,12 +52,12 @@ impl Part {
 
 /// Observes the engine; every method has an empty default.
 pub(crate) trait Monitor: Send + Sync + 'static {
-    /// A batch of `events` of `user`'s events was applied, `latency` after it was sent
-    /// first.
+    /// A batch of `user`'s `events` was applied, `latency` after it was sent first
+    /// (`outcome.seqs` says which of them were numbered).
     fn published(
         &self,
         _user: &UserId,
-        _events: usize,
+        _events: &[OutgoingEvent],
         _outcome: &BatchOutcome,
         _latency: Duration,
     ) {

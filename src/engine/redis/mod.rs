@@ -172,6 +172,7 @@ pub(crate) struct RedisEngine {
     publisher: Publisher,
     subscriber: Subscriber,
     history_max_read: usize,
+    replay_window: history::ReplayWindow,
     state_ttl: Duration,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -225,6 +226,10 @@ impl RedisEngine {
             publisher,
             subscriber,
             history_max_read: config.history_max_read,
+            replay_window: history::ReplayWindow {
+                max_events: config.history_max_events as u64,
+                max_age: config.history_ttl,
+            },
             state_ttl: config.state_ttl,
             tasks: Mutex::new(vec![flusher, reader, lease, sweeper]),
         })
@@ -264,7 +269,7 @@ impl RedisEngine {
     }
 
     /// `user`'s events with `after < seq <= upto` in `epoch`, all of them, or `None` (see
-    /// `history.rs`).
+    /// `history.rs`): what a gap repair reads, everything the stream still holds.
     pub(crate) async fn history(
         &self,
         user: &crate::ids::UserId,
@@ -272,16 +277,30 @@ impl RedisEngine {
         after: u64,
         upto: u64,
     ) -> Result<Option<Vec<NumberedEvent>>, EngineError> {
-        history::range(
-            &self.node.commands,
-            &self.node.keys,
-            user,
-            epoch,
-            after,
-            upto,
-            self.history_max_read,
-        )
-        .await
+        let limits = history::ReadLimits {
+            max_read: self.history_max_read,
+            window: None,
+        };
+        let (commands, keys) = (&self.node.commands, &self.node.keys);
+        history::range(commands, keys, user, epoch, (after, upto), false, limits).await
+    }
+
+    /// What a resume replays: like [`RedisEngine::history`], counting only the events within
+    /// the replay window (the last `history_max_events`, none older than `history_ttl`) as
+    /// held, and with `partial`, the tail of the range still held when its oldest are gone.
+    pub(crate) async fn replay(
+        &self,
+        user: &crate::ids::UserId,
+        epoch: &str,
+        (after, upto): (u64, u64),
+        partial: bool,
+    ) -> Result<Option<Vec<NumberedEvent>>, EngineError> {
+        let limits = history::ReadLimits {
+            max_read: self.history_max_read,
+            window: Some(self.replay_window),
+        };
+        let (commands, keys) = (&self.node.commands, &self.node.keys);
+        history::range(commands, keys, user, epoch, (after, upto), partial, limits).await
     }
 
     /// Asks the node running `user`'s run `run_id` to stop it.

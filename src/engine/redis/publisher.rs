@@ -4,7 +4,8 @@
 //! The queue is bounded in events and in bytes (`queue_capacity`, `queue_capacity_bytes`):
 //! [`Publisher::enqueue`] never blocks, and when the queue is full it hands the event back
 //! in an [`EnqueueError`] for the caller to handle; nothing is dropped silently.
-//! [`Publisher::has_room`] and [`Publisher::room`] let an emitter wait for room first.
+//! [`Publisher::has_room`] and [`Publisher::room`] let an emitter wait for room first;
+//! [`Publisher::has_headroom`] (under half full) is what emitters' `ready()` waits for.
 //!
 //! The flusher keeps one batch per user in flight: while it is, that user's later events
 //! gather in the queue and go together in the next batch, so under load a batch carries
@@ -144,6 +145,14 @@ impl Publisher {
         let bytes = self.queued_bytes();
         self.queued() < self.shared.capacity
             && (bytes == 0 || bytes + size <= self.shared.capacity_bytes)
+    }
+
+    /// Whether the queue is less than half full (in events and in bytes): what an emitter's
+    /// `ready()` waits for. Emitters check between bursts of events, so the other half
+    /// takes what they emit between two checks instead of refusing it.
+    pub(crate) fn has_headroom(&self) -> bool {
+        self.queued() < self.shared.capacity.div_ceil(2)
+            && self.queued_bytes() < self.shared.capacity_bytes.div_ceil(2)
     }
 
     /// Completes once the queue has room for an event of `size` bytes.
@@ -300,7 +309,7 @@ async fn send(node: Arc<Node>, user: UserId, events: Vec<OutgoingEvent>) -> (Use
         match node.script.run(&node.commands, &batch).await {
             Ok(outcome) => {
                 node.monitor
-                    .published(&user, events.len(), &outcome, started.elapsed());
+                    .published(&user, &events, &outcome, started.elapsed());
                 break;
             }
             Err(error) if error.is_transient() => {
@@ -368,8 +377,11 @@ mod tests {
         let alice = user("alice");
         let meta = run_meta("run_1");
         redis.pause();
+        assert!(engine.publisher().has_headroom());
         for i in 0..3 {
             enqueue(&engine, &alice, &meta, format!("event {i}"));
+            // Emitters wait from half full on, before the queue refuses anything.
+            assert_eq!(engine.publisher().has_headroom(), i == 0, "after {i}");
         }
         assert!(!engine.publisher().has_room(0));
         match engine

@@ -320,13 +320,25 @@ mod tests {
     }
 
     async fn stored(node: &Node, user: &UserId, epoch: &str, upto: u64) -> Vec<String> {
-        history::range(&node.commands, &node.keys, user, epoch, 0, upto, 1_000)
-            .await
-            .unwrap()
-            .expect("the whole history")
-            .iter()
-            .map(|e| e.frame.to_string())
-            .collect()
+        let limits = history::ReadLimits {
+            max_read: 1_000,
+            window: None,
+        };
+        history::range(
+            &node.commands,
+            &node.keys,
+            user,
+            epoch,
+            (0, upto),
+            false,
+            limits,
+        )
+        .await
+        .unwrap()
+        .expect("the whole history")
+        .iter()
+        .map(|e| e.frame.to_string())
+        .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

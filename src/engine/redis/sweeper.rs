@@ -171,7 +171,11 @@ async fn end_run(node: &Node, dead: &str, member: &[u8]) -> Result<bool, EngineE
         events: std::slice::from_ref(&event),
         node_runs: None,
     };
+    let started = std::time::Instant::now();
     let outcome = node.script.run(&node.commands, &batch).await?;
+    let events = std::slice::from_ref(&event);
+    node.monitor
+        .published(&event.user, events, &outcome, started.elapsed());
     Ok(outcome.seqs.first().copied().flatten().is_some())
 }
 

@@ -3,8 +3,9 @@
 //! of its own that it may kill (SIGKILL), restart empty, or pause (SIGSTOP) and resume
 //! (SIGCONT). Killed when dropped.
 //!
-//! It uses only `std` and `libc`, so integration tests can include the same file:
-//! `#[path = "../src/engine/redis/test_server.rs"] mod test_server;`.
+//! It uses only `std` and `libc`, so integration tests include the same file (through
+//! `tests/common`, which starts one for every test server when the tests run on the Redis
+//! engine). Its own test is in `testing.rs`, so that it runs once, in the library's tests.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -82,8 +83,26 @@ impl TestRedis {
         false
     }
 
+    /// Sends one inline command (`SISMEMBER key member`) and returns the reply's first line.
+    pub(crate) fn command(&self, command: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connected");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a timeout");
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .expect("sent");
+        let mut reply = Vec::new();
+        let mut byte = [0];
+        while !reply.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).expect("a reply");
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
+    }
+
     /// Whether the server answers PING right now.
-    fn ping(&self) -> bool {
+    pub(crate) fn ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -138,45 +157,5 @@ impl Drop for TestRedis {
         self.resume();
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    impl TestRedis {
-        /// Sends one inline command and returns the reply's first line.
-        fn command(&self, command: &str) -> String {
-            let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connected");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("a timeout");
-            stream
-                .write_all(format!("{command}\r\n").as_bytes())
-                .expect("sent");
-            let mut reply = Vec::new();
-            let mut byte = [0];
-            while !reply.ends_with(b"\r\n") {
-                stream.read_exact(&mut byte).expect("a reply");
-                reply.push(byte[0]);
-            }
-            String::from_utf8_lossy(&reply).trim_end().to_owned()
-        }
-    }
-
-    #[test]
-    fn a_test_redis_pauses_resumes_and_restarts_empty() {
-        let mut redis = TestRedis::start();
-        assert_eq!(redis.command("SET k v"), "+OK");
-        redis.pause();
-        assert!(!redis.ping(), "a paused server answers nothing");
-        redis.resume();
-        assert!(redis.ping());
-        assert_eq!(redis.command("GET k"), "$1", "paused, not restarted");
-        redis.restart();
-        assert_eq!(redis.command("GET k"), "$-1", "restarted empty");
-        redis.kill();
-        assert!(!redis.ping());
     }
 }

@@ -69,7 +69,7 @@ pub(crate) struct BatchCounter {
 }
 
 impl Monitor for BatchCounter {
-    fn published(&self, _: &UserId, _: usize, _: &BatchOutcome, _: Duration) {
+    fn published(&self, _: &UserId, _: &[OutgoingEvent], _: &BatchOutcome, _: Duration) {
         self.batches.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -178,5 +178,25 @@ impl Inbound for Recorder {
 
     fn resubscribed(&self) {
         self.resubscribed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_redis_pauses_resumes_and_restarts_empty() {
+        let mut redis = TestRedis::start();
+        assert_eq!(redis.command("SET k v"), "+OK");
+        redis.pause();
+        assert!(!redis.ping(), "a paused server answers nothing");
+        redis.resume();
+        assert!(redis.ping());
+        assert_eq!(redis.command("GET k"), "$1", "paused, not restarted");
+        redis.restart();
+        assert_eq!(redis.command("GET k"), "$-1", "restarted empty");
+        redis.kill();
+        assert!(!redis.ping());
     }
 }
