@@ -42,7 +42,7 @@ pub(crate) struct RedisConfig {
     /// still succeeds). Runs leave the live runs when they end or their node is swept: this
     /// is only a backstop. Default 24 h.
     pub state_ttl: Duration,
-    /// Events queued for publishing, at most (all users of the node). Default 65,536.
+    /// Events queued for publishing, at most (all users of the node). Default 262,144.
     pub queue_capacity: usize,
     /// The same bound in bytes of encoded events. Default 64 MiB.
     pub queue_capacity_bytes: usize,
@@ -83,7 +83,7 @@ impl RedisConfig {
             history_ttl: Duration::from_secs(300),
             history_max_read: 1_000,
             state_ttl: Duration::from_secs(24 * 3600),
-            queue_capacity: 65_536,
+            queue_capacity: 262_144,
             queue_capacity_bytes: 64 << 20,
             max_batch_events: 256,
             max_batch_bytes: 1 << 20,
