@@ -8,13 +8,9 @@
 //!   silently: the event is counted (`events_dropped{reason="engine_unavailable"}`) and
 //!   logged, the run is stopped (its handler's `cancelled()` resolves), and once the queue
 //!   has room again the run ends on the wire with `agent_error` code `engine_unavailable`.
-//! - **Delivery.** Each subscribed user has a receiver: it learns the stream's position
-//!   (starting a numbering when Redis has none), then hands the user's actor every event in
-//!   `seq` order. A `seq` gap (a lost pub/sub message, or a reconnect) is repaired from the
-//!   stored history before anything after it is delivered; what history can no longer
-//!   supply, and an epoch change (Redis lost its data), becomes a new position, which the
-//!   user's sockets receive as `resync_required`. After every reconnect of the subscriber,
-//!   each receiver compares its position with the stored one and catches up the same way.
+//! - **Delivery.** Each subscribed user has a receiver (`receiver`), which hands the user's
+//!   actor the stream in `seq` order, repairing gaps from history and turning what cannot
+//!   be repaired into a new position (`resync_required`).
 //! - **History** reads a resume's range from the user's stream in Redis, with a time limit:
 //!   exactly, or (`partial`) its tail still held, within the same replay window as the
 //!   in-process engine (the last `replay_max_events`, none older than `replay_max_age`).
@@ -28,20 +24,16 @@ use std::time::{Duration, SystemTime};
 use actix::ArbiterHandle;
 use parking_lot::Mutex;
 
+use super::receiver::Receiver;
 use super::{
     EnqueueError, Inbound, Monitor, NumberedEvent, OutgoingEvent, RedisConfig, RedisEngine, Step,
 };
 use crate::engine::{
-    Delivery, DeliveryTarget, Engine, EngineFuture, EngineStats, HistoryEvent, RunStream,
-    StopOutcome, StreamEvent,
+    DeliveryTarget, Engine, EngineFuture, EngineStats, HistoryEvent, RunStream, StopOutcome,
 };
 use crate::event::{AgentError, AgentEvent, RunErrorCode, RunMeta};
 use crate::ids::UserId;
 use crate::metrics::{DropReason, Metrics};
-
-/// Events a receiver holds while it learns its position or repairs a gap; past it, the
-/// held events are let go and the stream continues from a new position.
-const MAX_HELD_EVENTS: usize = 10_000;
 
 /// How long a resume waits for history before it is answered with `resync_required`.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -52,33 +44,22 @@ pub(crate) struct ClusterEngine {
 }
 
 /// What the engine's side and its callbacks share.
-struct Shared {
-    core: OnceLock<RedisEngine>,
+pub(super) struct Shared {
+    pub(super) core: OnceLock<RedisEngine>,
     /// Where the receivers' repairs and the subscriptions run.
-    arbiter: ArbiterHandle,
-    receivers: Mutex<HashMap<UserId, Receiver>>,
+    pub(super) arbiter: ArbiterHandle,
+    pub(super) receivers: Mutex<HashMap<UserId, Receiver>>,
     /// Source of receiver generations, so a late answer for an older subscription is ignored.
-    generations: Mutex<u64>,
+    pub(super) generations: Mutex<u64>,
     /// This node's live runs, by run id, for stop requests from any node.
-    runs: Mutex<HashMap<Arc<str>, Arc<RunStream>>>,
-    metrics: Arc<Metrics>,
+    pub(super) runs: Mutex<HashMap<Arc<str>, Arc<RunStream>>>,
+    pub(super) metrics: Arc<Metrics>,
     /// Each user's events queued for publishing and not yet applied by Redis: an emitter's
     /// `ready()` waits while its user has `max_user_backlog` of them, as it waits for the
     /// user actor's mailbox with the in-process engine.
-    queued: Mutex<HashMap<UserId, usize>>,
-    max_user_backlog: usize,
-    self_ref: Weak<Shared>,
-}
-
-/// One subscribed user's delivery state.
-struct Receiver {
-    target: DeliveryTarget,
-    generation: u64,
-    /// The stream's epoch and the last `seq` delivered; `None` until known.
-    position: Option<(Arc<str>, u64)>,
-    /// Set while history is read to fill a gap: events wait in `held` meanwhile.
-    repairing: bool,
-    held: Vec<NumberedEvent>,
+    pub(super) queued: Mutex<HashMap<UserId, usize>>,
+    pub(super) max_user_backlog: usize,
+    pub(super) self_ref: Weak<Shared>,
 }
 
 impl ClusterEngine {
@@ -129,7 +110,7 @@ impl ClusterEngine {
 }
 
 impl Shared {
-    fn core(&self) -> Option<&RedisEngine> {
+    pub(super) fn core(&self) -> Option<&RedisEngine> {
         self.core.get()
     }
 
@@ -222,195 +203,6 @@ impl Shared {
     fn forget_run(&self, run: &RunStream) {
         self.runs.lock().remove(run.meta.run_id.as_str());
     }
-
-    /// Hands `events` to `user`'s receiver, in order, repairing what is missing.
-    fn accept(self: &Arc<Self>, user: &UserId, events: Vec<NumberedEvent>) {
-        let mut receivers = self.receivers.lock();
-        let Some(receiver) = receivers.get_mut(user) else {
-            return;
-        };
-        if receiver.position.is_none() || receiver.repairing {
-            hold(receiver, events);
-            return;
-        }
-        let mut events = events.into_iter();
-        while let Some(event) = events.next() {
-            let Some((epoch, seq)) = receiver.position.clone() else {
-                return;
-            };
-            if *event.epoch != *epoch {
-                // Redis lost the stream (restarted empty): a new numbering.
-                self.metrics.engine_resynced();
-                let start = event.seq.saturating_sub(1);
-                reposition(receiver, event.epoch.clone(), start);
-                deliver(receiver, event);
-            } else if event.seq <= seq {
-                // Already delivered (a repair and a late message overlapped).
-            } else if event.seq == seq + 1 {
-                deliver(receiver, event);
-            } else {
-                let gap_end = event.seq - 1;
-                receiver.repairing = true;
-                hold(receiver, std::iter::once(event).chain(events).collect());
-                let generation = receiver.generation;
-                drop(receivers);
-                self.repair(user.clone(), generation, epoch, seq, gap_end);
-                return;
-            }
-        }
-    }
-
-    /// Reads `user`'s events after `after` up to `upto` from history and delivers them
-    /// ahead of what was held; what history cannot supply becomes a new position.
-    fn repair(
-        self: &Arc<Self>,
-        user: UserId,
-        generation: u64,
-        epoch: Arc<str>,
-        after: u64,
-        upto: u64,
-    ) {
-        let this = self.clone();
-        self.arbiter.spawn(async move {
-            let read = match this.core() {
-                Some(core) => core.history(&user, &epoch, after, upto).await,
-                None => Ok(None),
-            };
-            let mut receivers = this.receivers.lock();
-            let Some(receiver) = receivers
-                .get_mut(&user)
-                .filter(|r| r.generation == generation)
-            else {
-                return;
-            };
-            match read {
-                Ok(Some(events)) => {
-                    this.metrics.engine_gap_repaired();
-                    for event in events {
-                        deliver(receiver, event);
-                    }
-                }
-                Ok(None) | Err(_) => {
-                    log::warn!(
-                        "redis engine: user:{user}'s events {}..={upto} are no longer in \
-                         history; sockets resync",
-                        after + 1
-                    );
-                    this.metrics.engine_resynced();
-                    reposition(receiver, epoch, upto);
-                }
-            }
-            receiver.repairing = false;
-            let held = std::mem::take(&mut receiver.held);
-            drop(receivers);
-            if !held.is_empty() {
-                this.accept(&user, held);
-            }
-        });
-    }
-
-    /// Learns where `user`'s stream stands (starting one when Redis has none), retrying
-    /// until Redis answers or the subscription is gone, then delivers what was held.
-    fn locate(self: &Arc<Self>, user: UserId, generation: u64) {
-        let this = self.clone();
-        self.arbiter.spawn(async move {
-            let Some(core) = this.core() else { return };
-            let mut delay = Duration::from_millis(50);
-            let position = loop {
-                if !this.is_current(&user, generation) {
-                    return;
-                }
-                match core.ensure_position(&user).await {
-                    Ok(position) => break position,
-                    Err(error) => {
-                        log::debug!("redis engine: position of user:{user}: {error}");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                    }
-                }
-            };
-            let mut receivers = this.receivers.lock();
-            let Some(receiver) = receivers
-                .get_mut(&user)
-                .filter(|r| r.generation == generation)
-            else {
-                return;
-            };
-            match receiver.position.clone() {
-                None => {
-                    receiver.position = Some((position.epoch.clone(), position.seq));
-                    receiver.target.send(Delivery::Position {
-                        epoch: position.epoch,
-                        seq: position.seq,
-                    });
-                }
-                Some((epoch, _)) if epoch != position.epoch => {
-                    this.metrics.engine_resynced();
-                    reposition(receiver, position.epoch, position.seq);
-                }
-                Some((epoch, seq)) if position.seq > seq && !receiver.repairing => {
-                    // Events were published while the subscriber was away.
-                    receiver.repairing = true;
-                    drop(receivers);
-                    this.repair(user, generation, epoch, seq, position.seq);
-                    return;
-                }
-                Some(_) => {}
-            }
-            let held = std::mem::take(&mut receiver.held);
-            drop(receivers);
-            if !held.is_empty() {
-                this.accept(&user, held);
-            }
-        });
-    }
-
-    fn is_current(&self, user: &UserId, generation: u64) -> bool {
-        self.receivers
-            .lock()
-            .get(user)
-            .is_some_and(|r| r.generation == generation)
-    }
-}
-
-/// Holds events until the receiver can deliver them, within a bound.
-fn hold(receiver: &mut Receiver, events: Vec<NumberedEvent>) {
-    if receiver.held.len() + events.len() > MAX_HELD_EVENTS {
-        // Too far behind to catch up event by event: continue after the newest.
-        if let (Some(last), Some((epoch, _))) = (events.last(), receiver.position.clone()) {
-            let (epoch, seq) = if last.epoch == epoch {
-                (epoch, last.seq)
-            } else {
-                (last.epoch.clone(), last.seq)
-            };
-            receiver.held.clear();
-            receiver.repairing = false;
-            reposition(receiver, epoch, seq);
-            return;
-        }
-        receiver.held.clear();
-    }
-    receiver.held.extend(events);
-}
-
-/// The stream continues at `(epoch, seq)`: the user's actor tells its sockets to resync.
-fn reposition(receiver: &mut Receiver, epoch: Arc<str>, seq: u64) {
-    receiver.position = Some((epoch.clone(), seq));
-    receiver.target.send(Delivery::Position { epoch, seq });
-}
-
-/// Delivers the next event of the stream to the user's actor.
-fn deliver(receiver: &mut Receiver, event: NumberedEvent) {
-    if let Some((_, seq)) = &mut receiver.position {
-        *seq = event.seq;
-    }
-    receiver.target.send(Delivery::Event(StreamEvent {
-        seq: event.seq,
-        frame: event.frame,
-        thread_id: Arc::from(&*event.thread_id),
-        event_type: event.wire_type,
-        emitted_at: event.emitted_at,
-    }));
 }
 
 impl Inbound for Shared {
@@ -604,16 +396,10 @@ impl Engine for ClusterEngine {
             *generations += 1;
             *generations
         };
-        self.shared.receivers.lock().insert(
-            user.clone(),
-            Receiver {
-                target,
-                generation,
-                position: None,
-                repairing: false,
-                held: Vec::new(),
-            },
-        );
+        self.shared
+            .receivers
+            .lock()
+            .insert(user.clone(), Receiver::new(target, generation));
         let (shared, user) = (self.shared.clone(), user.clone());
         self.shared.arbiter.spawn(async move {
             if let Some(core) = shared.core() {

@@ -24,6 +24,9 @@
 //! - `lease` and `sweeper`: each node's lease, and the sweep that ends a dead node's runs
 //!   with `agent_error` code `node_lost` (once, however many nodes sweep).
 //! - `stop`: `stop_agent` routed to the node that runs the run, scoped to the user.
+//! - `cluster`: the engine behind the runtime's `Engine` seam (the publish side, stops,
+//!   history reads), and `receiver`: each subscribed user's receiver on this node (position,
+//!   order, gap repair, resync).
 //! - `connection`: the command connection, `backoff`: retry delays, `error`: the error,
 //!   `hooks`: the [`Inbound`] and [`Monitor`] traits the engine calls back into,
 //!   `config`: the settings and the `node_lost` bound's arithmetic.
@@ -51,6 +54,7 @@ mod hooks;
 mod keys;
 mod lease;
 mod publisher;
+mod receiver;
 mod record;
 mod script;
 mod stop;
