@@ -22,7 +22,7 @@ use super::{
     StopOutcome, StreamEvent,
 };
 use crate::envelope::{self, EpochField};
-use crate::event::{AgentError, AgentEvent, RunErrorCode, RunMeta};
+use crate::event::{AgentEvent, RunMeta};
 use crate::ids::{new_epoch, UserId};
 use crate::metrics::{DropReason, Metrics};
 
@@ -123,11 +123,7 @@ impl Engine for LocalEngine {
             let streams = self.streams.read();
             let stream = streams.get(&run.user);
             let mut state = stream.map(|s| s.state.lock());
-            let may_publish = if terminal {
-                run.stop.try_end()
-            } else {
-                run.stop.is_live()
-            };
+            let may_publish = run.stop.admit(terminal);
             match (stream, state.as_deref_mut()) {
                 _ if !may_publish => {
                     self.metrics
@@ -176,10 +172,7 @@ impl Engine for LocalEngine {
                 let mut state = stream.map(|s| s.state.lock());
                 if run.stop.try_stop() {
                     if let (Some(stream), Some(state)) = (stream, state.as_deref_mut()) {
-                        let event = AgentEvent::Error(AgentError {
-                            code: RunErrorCode::Cancelled,
-                            message: "stopped by the client".to_owned(),
-                        });
+                        let event = super::cancelled();
                         self.append(stream, state, &run, &event, SystemTime::now());
                     }
                     drop(state);

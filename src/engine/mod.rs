@@ -207,6 +207,14 @@ impl RunStream {
     }
 }
 
+/// The `agent_error` that ends a run the client stopped.
+pub(crate) fn cancelled() -> AgentEvent {
+    AgentEvent::Error(crate::event::AgentError {
+        code: crate::event::RunErrorCode::Cancelled,
+        message: "stopped by the client".to_owned(),
+    })
+}
+
 /// A run's life as the engine sees it: live, then either stopped (by a stop request) or
 /// ended (its terminal event was published), exactly once. The engine moves it under the
 /// user's stream lock, so a run's events and its stop are ordered: nothing of a stopped run
@@ -241,6 +249,16 @@ impl RunStop {
         self.state
             .compare_exchange(LIVE, ENDED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Whether an event may be published: any event of a live run, and its terminal event
+    /// once (which ends it). The caller holds the lock that orders the run's events.
+    pub(crate) fn admit(&self, terminal: bool) -> bool {
+        if terminal {
+            self.try_end()
+        } else {
+            self.is_live()
+        }
     }
 
     /// Neither stopped nor ended.

@@ -225,10 +225,7 @@ impl Inbound for Shared {
         };
         let _order = run.order.lock();
         if run.stop.try_stop() {
-            let error = AgentEvent::Error(AgentError {
-                code: RunErrorCode::Cancelled,
-                message: "stopped by the client".to_owned(),
-            });
+            let error = crate::engine::cancelled();
             let mut outgoing =
                 OutgoingEvent::new(user, &run.meta, &run.fields, SystemTime::now(), &error);
             outgoing.step = Step::End;
@@ -329,11 +326,7 @@ impl Engine for ClusterEngine {
         let terminal = event.is_terminal();
         {
             let _order = run.order.lock();
-            let may_publish = if terminal {
-                run.stop.try_end()
-            } else {
-                run.stop.is_live()
-            };
+            let may_publish = run.stop.admit(terminal);
             if may_publish {
                 self.shared.enqueue(run, &event, emitted_at);
             } else {
