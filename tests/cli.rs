@@ -93,12 +93,10 @@ impl Serve {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: `kill` only sends a signal to the server process this test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
     /// Waits for the process to exit (after a signal) and returns its exit status.
@@ -295,7 +293,7 @@ async fn sigterm_with_idle_users_is_not_a_crash() {
         client.socket.close(None).await.unwrap();
     }
     server.wait_for_totals(100, 0).await;
-    server.signal("TERM");
+    server.signal(libc::SIGTERM);
     let status = server.wait();
     let stderr = server.stderr();
     assert!(status.success(), "{status:?}: {stderr}");

@@ -315,11 +315,9 @@ async fn sigterm_drains_every_socket_with_1012_and_exits() {
         .await;
     let started = clients[0].expect("agent_started").await;
     clients[0].welcome["seq"] = started["seq"].clone();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let pid = libc::pid_t::try_from(server.child.id()).unwrap();
+    // SAFETY: `kill` only sends a signal to the server process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     for client in &mut clients {
         let mut last_seq = client.welcome["seq"].as_u64().unwrap();
         let code = loop {
