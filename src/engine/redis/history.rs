@@ -218,7 +218,8 @@ fn entry_record(entry: Value) -> Result<Bytes, EngineError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::script::{Batch, OutgoingEvent};
+    use super::super::outgoing::OutgoingEvent;
+    use super::super::script::Batch;
     use super::super::test_server::TestRedis;
     use super::super::testing::*;
     use super::super::{Node, RedisConfig};

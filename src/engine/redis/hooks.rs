@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use super::error::EngineError;
+use super::outgoing::OutgoingEvent;
 use super::record::NumberedEvent;
-use super::script::{BatchOutcome, OutgoingEvent};
+use super::script::BatchOutcome;
 use crate::ids::UserId;
 
 /// The delivery side: what this node's user actors need from the engine.

@@ -11,7 +11,8 @@
 //! The parts, one per file:
 //!
 //! - `keys`: the key and channel layout (a hash tag per user: Redis Cluster ready).
-//! - `record`: the length-prefixed records stored and published, and their parsers.
+//! - `record`: the length-prefixed records stored and published, and their parsers;
+//!   `outgoing`: an event encoded for the script, all but its `seq` and `epoch`.
 //! - `script` and `publish.lua`: the publish script, which numbers a batch of one user's
 //!   events, appends them to the user's history stream, keeps the user's live runs,
 //!   PUBLISHes the batch as one message, and applies a retried batch once.
@@ -53,6 +54,7 @@ mod history;
 mod hooks;
 mod keys;
 mod lease;
+mod outgoing;
 mod publisher;
 mod receiver;
 mod record;
@@ -79,9 +81,10 @@ pub(crate) use history::Position;
 #[cfg(test)]
 pub(crate) use hooks::NoMonitor;
 pub(crate) use hooks::{Inbound, Monitor, Part};
+pub(crate) use outgoing::{OutgoingEvent, Step};
 pub(crate) use publisher::{EnqueueError, Publisher};
 pub(crate) use record::NumberedEvent;
-pub(crate) use script::{BatchOutcome, OutgoingEvent, Step};
+pub(crate) use script::BatchOutcome;
 pub(crate) use stop::StopOutcome;
 pub(crate) use subscriber::Subscriber;
 

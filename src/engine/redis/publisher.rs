@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, Notify};
 
 use super::backoff::Backoff;
 use super::hooks::Part;
+use super::outgoing::{OutgoingEvent, Step};
 use super::record::node_run_member;
-use super::script::{Batch, NodeRunsUpdate, OutgoingEvent, Step};
+use super::script::{Batch, NodeRunsUpdate};
 use super::Node;
 use crate::ids::UserId;
 

@@ -22,120 +22,18 @@
 //! runs; it is a separate slot, so it cannot be in the script on Redis Cluster).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
 use super::connection::Commands;
 use super::error::EngineError;
 use super::keys::UserKeys;
-use crate::envelope::{encode_tail, RunFields};
-use crate::event::{AgentEvent, RunMeta};
-use crate::ids::UserId;
+use super::outgoing::OutgoingEvent;
 
 /// How long Redis remembers a node's last batch for a user: far longer than a timed-out call
 /// can wait in a socket buffer before it runs.
 const BATCH_RECORD_TTL: Duration = Duration::from_secs(60);
-
-/// Where an event stands in its run, which decides what the script does with the run's
-/// live-runs entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// The run's first event (`agent_started`): the run becomes live, owned by the sender.
-    Start,
-    /// A later event. (If the run is missing from the live runs because Redis lost them, it
-    /// is recorded again; if it was ended with `node_lost`, the event is dropped.)
-    Continue,
-    /// The run's last event: the run is no longer live.
-    End,
-    /// A sweeper's `node_lost` error: published only while the run is live and owned by the
-    /// batch's lost node, then the run is marked lost. Several sweepers end a run once.
-    EndIfLost,
-}
-
-impl Step {
-    fn code(self) -> &'static str {
-        match self {
-            Step::Start => "s",
-            Step::Continue => "c",
-            Step::End => "e",
-            Step::EndIfLost => "x",
-        }
-    }
-}
-
-/// One event to publish, encoded except for its `seq` and `epoch`.
-#[derive(Debug, Clone)]
-pub(crate) struct OutgoingEvent {
-    pub user: UserId,
-    pub step: Step,
-    pub wire_type: &'static str,
-    pub run_id: String,
-    pub thread_id: String,
-    /// When the application emitted it, in µs since the Unix epoch.
-    pub emitted_at_micros: u64,
-    /// The envelope after its `epoch` field: the run's fields, then the rest.
-    pub tail: Vec<u8>,
-    /// How many bytes at the start of `tail` are the run's fields.
-    pub run_fields_len: usize,
-}
-
-impl OutgoingEvent {
-    /// Encodes `event` of the run `meta` (whose fields `run` holds) for `user`.
-    pub(crate) fn new(
-        user: UserId,
-        meta: &RunMeta,
-        run: &RunFields,
-        emitted_at: SystemTime,
-        event: &AgentEvent,
-    ) -> Self {
-        let step = match event {
-            AgentEvent::Started(_) => Step::Start,
-            event if event.is_terminal() => Step::End,
-            _ => Step::Continue,
-        };
-        Self::from_run_fields(
-            user,
-            step,
-            &meta.run_id,
-            &meta.thread_id,
-            run.as_bytes(),
-            emitted_at,
-            event,
-        )
-    }
-
-    /// The same from the run's fields as bytes (as the live-runs hash stores them).
-    pub(crate) fn from_run_fields(
-        user: UserId,
-        step: Step,
-        run_id: &str,
-        thread_id: &str,
-        run_fields: &[u8],
-        emitted_at: SystemTime,
-        event: &AgentEvent,
-    ) -> Self {
-        let micros = emitted_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros();
-        OutgoingEvent {
-            user,
-            step,
-            wire_type: event.wire_type(),
-            run_id: run_id.to_owned(),
-            thread_id: thread_id.to_owned(),
-            emitted_at_micros: u64::try_from(micros).unwrap_or(u64::MAX),
-            tail: encode_tail(run_fields, emitted_at, event),
-            run_fields_len: run_fields.len(),
-        }
-    }
-
-    /// Roughly the memory the queued event holds, in bytes.
-    pub(crate) fn size(&self) -> usize {
-        std::mem::size_of::<Self>() + self.tail.len() + self.run_id.len() + self.thread_id.len()
-    }
-}
 
 /// What the script did with a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,12 +190,16 @@ fn parse_reply(reply: Value, events: usize) -> Result<BatchOutcome, EngineError>
 
 #[cfg(test)]
 mod tests {
+    use super::super::outgoing::Step;
     use super::super::record::parse_live_run;
     use super::super::test_server::TestRedis;
     use super::super::testing::*;
     use super::super::{history, Node};
     use super::*;
-    use crate::envelope::{encode, EpochField};
+    use crate::envelope::{encode, EpochField, RunFields};
+    use crate::event::RunMeta;
+    use crate::ids::UserId;
+    use std::time::SystemTime;
 
     /// Applies `events` (of one user) as batch `number` of `node`.
     async fn apply(

@@ -20,8 +20,9 @@ use std::time::{Duration, SystemTime};
 use super::error::EngineError;
 use super::hooks::Part;
 use super::lease::Health;
+use super::outgoing::{OutgoingEvent, Step};
 use super::record::{parse_live_run, parse_node_run_member};
-use super::script::{Batch, OutgoingEvent, Step};
+use super::script::Batch;
 use super::Node;
 use crate::event::{AgentError, AgentEvent, RunErrorCode};
 
