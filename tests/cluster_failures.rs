@@ -3,10 +3,13 @@
 //! itself restarted empty or paused.
 
 mod common;
+#[path = "common/serve_process.rs"]
+mod serve_process;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+
+use serve_process::spawn_serve;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::engine::TestRedis;
@@ -27,24 +30,17 @@ struct Node {
 impl Node {
     fn start(redis: &TestRedis) -> Node {
         let secret = std::str::from_utf8(common::SECRET).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--jwt-secret", secret])
-            .args(["--admin-token", common::ADMIN])
-            .args(["--redis", &redis.url(), "--redis-prefix", "failures"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the agentwire binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("the node prints its address").unwrap();
-            if let Some(addr) = line.strip_prefix("agentwire demo listening on http://") {
-                break addr.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let url = redis.url();
+        let (child, addr) = spawn_serve(&[
+            "--jwt-secret",
+            secret,
+            "--admin-token",
+            common::ADMIN,
+            "--redis",
+            &url,
+            "--redis-prefix",
+            "failures",
+        ]);
         Node { child, addr }
     }
 

@@ -3,10 +3,13 @@
 //! simulated agent's realistic run, stop_agent, and the synthetic load contract.
 
 mod common;
+#[path = "common/serve_process.rs"]
+mod serve_process;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+
+use serve_process::spawn_serve;
+use std::process::{Child, Command};
 
 use common::{types, Client};
 use serde_json::{json, Value};
@@ -19,32 +22,12 @@ struct DemoServer {
 
 impl DemoServer {
     fn start() -> DemoServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--jwt-secret",
-                "demo test secret",
-            ])
-            .args(["--admin-token", "admin test token"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the agentwire binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server prints its address")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("agentwire demo listening on http://") {
-                break addr.parse().unwrap();
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, addr) = spawn_serve(&[
+            "--jwt-secret",
+            "demo test secret",
+            "--admin-token",
+            "admin test token",
+        ]);
         DemoServer { child, addr }
     }
 

@@ -5,9 +5,13 @@
 //! a header that lies about its length.
 
 mod common;
+#[path = "common/serve_process.rs"]
+mod serve_process;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+
+use serve_process::spawn_serve;
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -268,25 +272,7 @@ const PROCESS_SECRET: &str = "frame limits test secret";
 
 impl ServerProcess {
     fn start() -> ServerProcess {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .args(["--jwt-secret", PROCESS_SECRET])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the agentwire binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server prints its address")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("agentwire demo listening on http://") {
-                break addr.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, addr) = spawn_serve(&["--jwt-secret", PROCESS_SECRET]);
         ServerProcess { child, addr }
     }
 
