@@ -302,23 +302,16 @@ async fn sigterm_drains_every_socket_with_1012_and_exits() {
     // SAFETY: `kill` only sends a signal to the server process this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     for client in &mut clients {
-        let mut last_seq = client.welcome["seq"].as_u64().unwrap();
-        let code = loop {
-            use futures_util::StreamExt;
-            use tokio_tungstenite::tungstenite::Message;
-            match tokio::time::timeout(common::PATIENCE, client.socket.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    let frame: Value = serde_json::from_str(&text).unwrap();
-                    if let Some(seq) = frame["seq"].as_u64() {
-                        assert_eq!(seq, last_seq + 1, "no gap before the drain");
-                        last_seq = seq;
-                    }
-                }
-                Ok(Some(Ok(Message::Close(Some(close))))) => break u16::from(close.code),
-                Ok(Some(Ok(_))) => {}
-                other => panic!("expected a close, got {other:?}"),
-            }
-        };
+        let (frames, code) = client.frames_until_close().await;
+        let first = client.welcome["seq"].as_u64().unwrap() + 1;
+        let events: Vec<u64> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
+        assert!(
+            events
+                .iter()
+                .copied()
+                .eq(first..first + events.len() as u64),
+            "no gap before the drain"
+        );
         assert_eq!(code, agentwire::close_code::SERVICE_RESTART);
     }
     let exit = tokio::task::spawn_blocking(move || server.child.wait())

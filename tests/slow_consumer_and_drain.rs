@@ -96,20 +96,8 @@ async fn a_client_that_stops_reading_is_cut_off_at_a_bounded_backlog() {
 
     // The slow client reads exactly what it was sent: every seq from 1 to the cut-off, no
     // gap, then the slow-consumer close.
-    let mut received = Vec::new();
-    let code = loop {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::tungstenite::Message;
-        match tokio::time::timeout(common::PATIENCE, slow.socket.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
-                received.push(frame["seq"].as_u64().unwrap());
-            }
-            Ok(Some(Ok(Message::Close(Some(close))))) => break u16::from(close.code),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    };
+    let (frames, code) = slow.frames_until_close().await;
+    let received = common::seqs(&frames);
     assert_eq!(code, close_code::SLOW_CONSUMER);
     assert!(
         received.iter().copied().eq(1..=cut_after),
@@ -314,20 +302,8 @@ async fn during_a_drain_upgrades_get_503_and_events_are_numbered_but_not_sent() 
 
     // Once it reads again, the stalled client gets everything sent before the drain, with
     // no gap, then 1012: nothing of the run emitted during the drain.
-    let mut received = Vec::new();
-    let code = loop {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::tungstenite::Message;
-        match tokio::time::timeout(common::PATIENCE, stalled.socket.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
-                received.push(frame["seq"].as_u64().unwrap());
-            }
-            Ok(Some(Ok(Message::Close(Some(close))))) => break u16::from(close.code),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    };
+    let (frames, code) = stalled.frames_until_close().await;
+    let received = common::seqs(&frames);
     assert_eq!(code, close_code::SERVICE_RESTART);
     assert!(
         received.iter().copied().eq(1..=2_002),

@@ -284,18 +284,8 @@ async fn a_stalled_session_is_cut_off_and_the_log_says_so() {
     );
     // Nothing was written during the stall, so the 51st event (seq 51) found the backlog
     // at the limit of 50: the socket gets seq 1 to 50, in order, then 4001.
-    let mut received = Vec::new();
-    let code = loop {
-        match tokio::time::timeout(common::PATIENCE, ivy.socket.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let frame: Value = serde_json::from_str(&text).unwrap();
-                received.push(frame["seq"].as_u64().unwrap());
-            }
-            Ok(Some(Ok(Message::Close(Some(close))))) => break u16::from(close.code),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("{other:?}"),
-        }
-    };
+    let (frames, code) = ivy.frames_until_close().await;
+    let received = seqs(&frames);
     assert_eq!(code, close_code::SLOW_CONSUMER);
     assert_eq!(received, (1..=50).collect::<Vec<u64>>());
     let events = server.runtime.supervision_events();

@@ -322,6 +322,25 @@ impl Client {
         }
     }
 
+    /// Reads every text frame until the server closes: the frames, parsed, and the close
+    /// code. Each read waits at most the patience window.
+    pub async fn frames_until_close(&mut self) -> (Vec<Value>, u16) {
+        let mut frames = Vec::new();
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("a frame within the patience window");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    frames.push(serde_json::from_str(&text).expect("JSON frame"));
+                }
+                Some(Ok(Message::Close(Some(frame)))) => return (frames, u16::from(frame.code)),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a frame or a close, got {other:?}"),
+            }
+        }
+    }
+
     /// Waits for the close frame and returns its code; panics on anything but control frames.
     pub async fn expect_close(&mut self) -> u16 {
         loop {
