@@ -18,12 +18,15 @@
 //!   history.
 //! - One **session actor** per socket (`session`), the only module that touches
 //!   actix-web-actors: it decodes client frames and writes what its user's actor queues in
-//!   the session's outbox (one ordered queue per session, drained in one wakeup per burst). A
+//!   the session's outbox (one ordered queue per session, drained a burst per wakeup). A
 //!   session can also run over in-process streams ([`InMemorySocket`], from
 //!   [`Runtime::connect_in_memory`]) for tests and benchmarks without a network.
 //!
 //! Around the tree:
 //!
+//! - `burst_queue`: the queue on each hop of the delivery path (engine to user actor, the
+//!   actor's inbox; user actor to session, the session's outbox), drained a whole burst per
+//!   wakeup.
 //! - [`event`]: the six agent events as types, and the JSON envelope they are encoded into;
 //!   `envelope`: the user actor's encoder for it, which escapes a run's fixed fields once.
 //! - [`inbound`] and [`outbound`]: the client's frames and the server's control frames;
@@ -108,6 +111,7 @@
 mod auth;
 #[cfg(test)]
 mod auth_fuzz;
+mod burst_queue;
 pub mod close_code;
 mod config;
 mod debug;

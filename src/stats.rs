@@ -86,8 +86,11 @@ impl Default for ActorStats {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    ms_since_epoch(SystemTime::now())
+}
+
+fn ms_since_epoch(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -130,10 +133,16 @@ impl ActorStats {
         self.queued_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
+    /// One frame or event handled (without reading the clock: the actor stamps its
+    /// activity once per burst with [`ActorStats::active_at`]).
     pub(crate) fn handled(&self, bytes: usize) {
         self.handled.fetch_add(1, Relaxed);
         self.handled_bytes.fetch_add(bytes as u64, Relaxed);
-        self.last_activity_ms.store(now_ms(), Relaxed);
+    }
+
+    /// The actor was active at `now` (shown as `idle_for_ms`).
+    pub(crate) fn active_at(&self, now: SystemTime) {
+        self.last_activity_ms.store(ms_since_epoch(now), Relaxed);
     }
 
     /// Frames and bytes queued but not yet handled.

@@ -18,8 +18,9 @@
 //! - **History** ([`Engine::history`]): what a resume reads. It answers with every event of a
 //!   range, or with nothing when the range is no longer held in full: never part of it.
 //!
-//! The engine imports nothing of the actors above it: a target is an actix [`Recipient`]
-//! and a counter, as centrifuge's `Node` registers itself as its broker's event handler.
+//! The engine imports nothing of the actors above it: a target is a queue (the user actor's
+//! [`Inbox`]) and a counter, as centrifuge's `Node` registers itself as its broker's event
+//! handler.
 //! [`local::LocalEngine`] keeps streams in process (the embedded default, nothing to
 //! install); a second engine implements the same trait and touches nothing on the other side.
 
@@ -29,9 +30,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use actix::{Message, Recipient};
 use tokio_util::sync::CancellationToken;
 
+use crate::burst_queue::BurstQueue;
 use crate::envelope::RunFields;
 use crate::event::{AgentEvent, RunMeta};
 use crate::ids::UserId;
@@ -121,24 +122,25 @@ pub(crate) struct EngineStats {
     pub history_bytes: u64,
 }
 
-/// Where a user's stream goes: the user actor's mailbox, and the actor's counters (the
+/// Where a user's stream goes: the user actor's inbox, and the actor's counters (the
 /// engine counts what it queues, so emitters can see the backlog).
 #[derive(Clone)]
 pub(crate) struct DeliveryTarget {
-    pub recipient: Recipient<Delivery>,
+    pub inbox: Arc<Inbox>,
     pub stats: Arc<ActorStats>,
 }
 
 impl DeliveryTarget {
     pub(crate) fn send(&self, delivery: Delivery) {
         self.stats.queued(0);
-        self.recipient.do_send(delivery);
+        self.inbox.push(delivery);
     }
 }
 
+/// A user actor's inbox: the user's stream, in order, taken a burst at a time.
+pub(crate) type Inbox = BurstQueue<Delivery>;
+
 /// What the engine hands a subscribed user actor, in stream order.
-#[derive(Message)]
-#[rtype(result = "()")]
 pub(crate) enum Delivery {
     /// Where the stream stands: the `epoch`, and the `seq` of its last event. Sent first on
     /// every subscription, and again whenever the stream cannot be continued exactly.

@@ -17,7 +17,7 @@ use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message}
 
 use crate::close_code;
 use crate::config::{Config, UserPlacement};
-use crate::engine::{DeliveryTarget, SharedEngine};
+use crate::engine::{DeliveryTarget, Inbox, SharedEngine};
 use crate::ids::{SessionId, UserId};
 use crate::metrics::Metrics;
 use crate::session::{CloseSession, Session};
@@ -132,10 +132,12 @@ impl Registry {
         let generation = self.user_generations;
         let stats = Arc::new(ActorStats::default());
         stats.set_state(ActorState::Live);
+        let inbox = Arc::new(Inbox::default());
         let actor = User::new(
             user.clone(),
             &self.config,
             self.engine.clone(),
+            inbox.clone(),
             stats.clone(),
             (self.metrics.clone(), self.supervision.clone()),
             running_requests,
@@ -151,7 +153,7 @@ impl Registry {
         self.engine.subscribe(
             user,
             DeliveryTarget {
-                recipient: Addr::clone(&addr).recipient(),
+                inbox,
                 stats: stats.clone(),
             },
         );
@@ -239,6 +241,7 @@ impl Handler<Connect> for Registry {
 
     fn handle(&mut self, msg: Connect, ctx: &mut Self::Context) {
         self.stats.handled(0);
+        self.stats.active_at(std::time::SystemTime::now());
         if let Some((code, why)) = self.refusal(&msg) {
             log::info!(
                 "registry: refusing session:{} of user:{} with {code}: {why}",
@@ -309,6 +312,7 @@ impl Handler<Disconnect> for Registry {
 
     fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
         self.stats.handled(0);
+        self.stats.active_at(std::time::SystemTime::now());
         let Some(member) = self.users.get_mut(&msg.user) else {
             return;
         };

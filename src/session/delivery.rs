@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use std::time::{Duration, SystemTime};
 
-use actix::{Addr, AsyncContext, Handler, Message, StreamHandler};
+use actix::{ActorContext, Addr, AsyncContext, Handler, Message, StreamHandler};
 use actix_web_actors::ws;
 
-use super::outbox::{Outbound, Outbox, OutboxStream};
+use super::outbox::{Outbound, Outbox};
+use crate::burst_queue::{Burst, Bursts};
 use super::{Session, UserLink};
 use crate::close_code;
 use crate::outbound::{ControlFrame, Frame};
@@ -54,11 +55,12 @@ impl Session {
         ctx.text(frame);
     }
 
-    /// Writes a frame the user's actor posted, counting agent events as delivered.
-    fn deliver(&self, ctx: &mut ws::WebsocketContext<Self>, deliver: Deliver) {
+    /// Writes a frame the user's actor posted, counting agent events as delivered (their
+    /// latency as of `now`, read once per burst).
+    fn deliver(&self, ctx: &mut ws::WebsocketContext<Self>, deliver: Deliver, now: SystemTime) {
         self.write(ctx, deliver.frame);
         if let Some((event_type, emitted_at)) = deliver.event {
-            let latency = emitted_at.elapsed().unwrap_or_default();
+            let latency = now.duration_since(emitted_at).unwrap_or_default();
             self.shared
                 .metrics
                 .delivered(event_type, latency.as_secs_f64());
@@ -71,8 +73,9 @@ impl Session {
         if let Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) =
             std::mem::replace(&mut self.flow, Flow::Live)
         {
+            let now = SystemTime::now();
             for deliver in held {
-                self.deliver(ctx, deliver);
+                self.deliver(ctx, deliver, now);
             }
         }
     }
@@ -96,30 +99,47 @@ impl Deliver {
 
 impl Session {
     /// A frame from the outbox: held or written, as the flow says.
-    fn on_deliver(&mut self, msg: Deliver, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_deliver(&mut self, msg: Deliver, ctx: &mut ws::WebsocketContext<Self>, now: SystemTime) {
         match &mut self.flow {
             Flow::Holding(held) | Flow::Replaying(held) | Flow::Stalled(held) => held.push(msg),
-            Flow::Connecting | Flow::Live => self.deliver(ctx, msg),
+            Flow::Connecting | Flow::Live => self.deliver(ctx, msg, now),
         }
     }
 
     /// Acts on one item of the outbox.
-    fn on_outbound(&mut self, item: Outbound, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_outbound(
+        &mut self,
+        item: Outbound,
+        ctx: &mut ws::WebsocketContext<Self>,
+        now: SystemTime,
+    ) {
         match item {
-            Outbound::Deliver(deliver) => self.on_deliver(deliver, ctx),
+            Outbound::Deliver(deliver) => self.on_deliver(deliver, ctx, now),
             Outbound::Replay(replay) => self.on_replay(replay, ctx),
             Outbound::Close(code) => self.close_after_queued(code, ctx),
         }
     }
 
-    /// Acts on everything queued in the current outbox now (before a close, or before
-    /// switching to a restarted actor's outbox).
+    /// Acts on everything queued in the current outbox now: on every wakeup, and before a
+    /// close or a switch to a restarted actor's outbox. Nothing after a close is written.
     pub(super) fn drain_outbox(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let Some(outbox) = self.outbox.as_ref().map(|(outbox, _)| outbox.clone()) else {
+        let Some((outbox, _)) = &self.outbox else {
             return;
         };
-        while let Some(item) = outbox.pop() {
-            self.on_outbound(item, ctx);
+        let mut burst = std::mem::take(&mut self.burst);
+        outbox.take_all(&mut burst);
+        let now = SystemTime::now();
+        self.stats.active_at(now);
+        while let Some(item) = burst.pop_front() {
+            if ctx.state().stopping() {
+                burst.clear();
+                break;
+            }
+            self.on_outbound(item, ctx, now);
+        }
+        // Keep the buffer for the next burst, unless one long burst made it large.
+        if burst.capacity() <= KEPT_BURST_CAPACITY {
+            self.burst = burst;
         }
     }
 
@@ -128,7 +148,7 @@ impl Session {
         if let Some((_, handle)) = self.outbox.take() {
             ctx.cancel_future(handle);
         }
-        let handle = ctx.add_stream(OutboxStream(outbox.clone()));
+        let handle = ctx.add_stream(Bursts(outbox.clone()));
         self.outbox = Some((outbox, handle));
     }
 
@@ -145,9 +165,12 @@ impl Session {
     }
 }
 
-impl StreamHandler<Outbound> for Session {
-    fn handle(&mut self, item: Outbound, ctx: &mut Self::Context) {
-        self.on_outbound(item, ctx);
+/// The most items a session's burst buffer keeps room for between bursts.
+const KEPT_BURST_CAPACITY: usize = 64;
+
+impl StreamHandler<Burst> for Session {
+    fn handle(&mut self, _: Burst, ctx: &mut Self::Context) {
+        self.drain_outbox(ctx);
     }
 
     /// An outbox never ends (a replaced one is cancelled); nothing to do.

@@ -81,7 +81,11 @@ impl InMemorySocket {
         loop {
             match self.codec.decode(&mut self.received) {
                 Ok(Some(Frame::Text(bytes))) => {
-                    return Some(String::from_utf8_lossy(&bytes).into_owned())
+                    // The server writes UTF-8; the lossy path is only a fallback.
+                    return Some(match std::str::from_utf8(&bytes) {
+                        Ok(text) => text.to_owned(),
+                        Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+                    });
                 }
                 Ok(Some(Frame::Close(reason))) => {
                     self.close_code = Some(reason.map_or(1005, |r| u16::from(r.code)));

@@ -93,6 +93,8 @@ pub(crate) struct Session {
     thread_filter: Option<String>,
     /// The outbox of the current user actor, and the handle of its stream in the context.
     outbox: Option<(Arc<Outbox>, actix::SpawnHandle)>,
+    /// The outbox's items being acted on (kept between bursts, so they allocate nothing).
+    burst: VecDeque<Outbound>,
 }
 
 /// Who the socket belongs to, from the authenticator, and what the upgrade asked for.
@@ -145,6 +147,7 @@ impl Session {
             closed_with: None,
             thread_filter: None,
             outbox: None,
+            burst: VecDeque::new(),
         }
     }
 

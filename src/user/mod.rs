@@ -13,18 +13,21 @@
 //! This file holds the actor, its fan-out, and the registry's messages; `requests` holds
 //! its answers to the sessions' client requests (stop, switch, resume).
 
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 mod requests;
 
 pub(crate) use requests::{Crash, Resume, StopRun, SwitchThread};
 
-use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, StreamHandler};
 
+use crate::burst_queue::{Burst, Bursts};
 use crate::close_code;
 use crate::config::Config;
-use crate::engine::{Delivery, SharedEngine, StreamEvent};
+use crate::engine::{Delivery, Inbox, SharedEngine, StreamEvent};
 use crate::ids::{SessionId, UserId};
 use crate::metrics::{DropReason, Metrics};
 use crate::outbound::{ControlFrame, Frame};
@@ -61,6 +64,9 @@ pub(crate) struct User {
     waiting: Vec<Attach>,
     sessions: Vec<Member>,
     engine: SharedEngine,
+    /// The user's stream from the engine, taken a burst at a time into `burst`.
+    inbox: Arc<Inbox>,
+    burst: VecDeque<Delivery>,
     stats: Arc<ActorStats>,
     heartbeat_interval_ms: u64,
     max_backlog_frames: u64,
@@ -76,6 +82,7 @@ impl User {
         id: UserId,
         config: &Config,
         engine: SharedEngine,
+        inbox: Arc<Inbox>,
         stats: Arc<ActorStats>,
         observers: (Arc<Metrics>, Arc<SupervisionLog>),
         running_requests: Arc<AtomicUsize>,
@@ -88,6 +95,8 @@ impl User {
             // Most users have one socket.
             sessions: Vec::with_capacity(1),
             engine,
+            inbox,
+            burst: VecDeque::new(),
             stats,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             max_backlog_frames: config.max_session_backlog_frames,
@@ -178,6 +187,10 @@ fn wants(member: &Member, thread_id: &str) -> bool {
 
 impl Actor for User {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.add_stream(Bursts(self.inbox.clone()));
+    }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         log::debug!("user:{}: stopped at seq {}", self.id, self.seq());
@@ -298,7 +311,9 @@ pub(crate) struct Drain;
 impl Handler<Drain> for User {
     type Result = ();
 
-    fn handle(&mut self, _: Drain, _: &mut Self::Context) {
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
+        // What the engine already handed over goes out before the close.
+        self.take_inbox(ctx);
         for member in &mut self.sessions {
             member.cut_off = Some(DropReason::Draining);
             member.stats.set_state(ActorState::CutOff);
@@ -309,11 +324,38 @@ impl Handler<Drain> for User {
     }
 }
 
-impl Handler<Delivery> for User {
-    type Result = ();
+/// The most deliveries the inbox's burst buffer keeps room for between bursts.
+const KEPT_BURST_CAPACITY: usize = 64;
 
-    fn handle(&mut self, msg: Delivery, ctx: &mut Self::Context) {
-        match msg {
+impl StreamHandler<Burst> for User {
+    fn handle(&mut self, _: Burst, ctx: &mut Self::Context) {
+        self.take_inbox(ctx);
+    }
+
+    /// The inbox never ends while the actor lives; nothing to do.
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl User {
+    /// Acts on everything the engine queued, in stream order.
+    fn take_inbox(&mut self, ctx: &mut Context<Self>) {
+        let mut burst = std::mem::take(&mut self.burst);
+        self.inbox.take_all(&mut burst);
+        if burst.is_empty() {
+            self.burst = burst;
+            return;
+        }
+        self.stats.active_at(SystemTime::now());
+        for delivery in burst.drain(..) {
+            self.on_delivery(delivery, ctx);
+        }
+        if burst.capacity() <= KEPT_BURST_CAPACITY {
+            self.burst = burst;
+        }
+    }
+
+    fn on_delivery(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        match delivery {
             Delivery::Position { epoch, seq } => {
                 let first = self.position.is_none();
                 self.stats.positioned(&epoch, seq);
