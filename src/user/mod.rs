@@ -329,6 +329,12 @@ const KEPT_BURST_CAPACITY: usize = 64;
 
 impl StreamHandler<Burst> for User {
     fn handle(&mut self, _: Burst, ctx: &mut Self::Context) {
+        // actix polls a stream even when a message handled just before asked the actor to
+        // wait (a resume waiting for its history): the events stay queued until the wait is
+        // over, so none reaches a socket ahead of the replay. The stream yields again then.
+        if ctx.waiting() {
+            return;
+        }
         self.take_inbox(ctx);
     }
 
