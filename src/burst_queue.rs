@@ -11,19 +11,22 @@
 //! times). In steady state nothing is allocated: the two buffers trade places.
 //!
 //! The queue does not bound itself: each producer bounds what it pushes (the engine by the
-//! emitters' `ready()`, the user's actor by each session's backlog limit). Once the consumer
-//! is gone (its stream dropped with its actor, also when the actor panicked), pushes are
-//! dropped, so nothing accumulates for a dead actor.
+//! emitters' `ready()`, the user's actor by each session's backlog limit). A queue built
+//! [`BurstQueue::with_room`] lets producers wait until it has room ([`BurstQueue::room`]):
+//! the consumer wakes them when it takes a burst, with no polling. Once the consumer is gone
+//! (its stream dropped with its actor, also when the actor panicked), pushes are dropped and
+//! waiting producers let go, so nothing accumulates for, or waits on, a dead actor.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use futures_util::Stream;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 /// An ordered queue from one producer side to one consuming actor.
 pub(crate) struct BurstQueue<T> {
@@ -31,6 +34,15 @@ pub(crate) struct BurstQueue<T> {
     waker: AtomicWaker,
     /// Set when the consumer is gone: later pushes are dropped.
     closed: AtomicBool,
+    /// Producers waiting for room (only queues built `with_room`).
+    room: Option<Box<Room>>,
+}
+
+/// Producers waiting until the consumer takes a burst.
+#[derive(Default)]
+struct Room {
+    taken: Notify,
+    waiting: AtomicUsize,
 }
 
 impl<T> Default for BurstQueue<T> {
@@ -39,11 +51,53 @@ impl<T> Default for BurstQueue<T> {
             items: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             closed: AtomicBool::new(false),
+            room: None,
         }
     }
 }
 
 impl<T> BurstQueue<T> {
+    /// A queue whose producers can wait for room ([`BurstQueue::room`]).
+    pub(crate) fn with_room() -> Self {
+        BurstQueue {
+            room: Some(Box::default()),
+            ..BurstQueue::default()
+        }
+    }
+
+    /// Items queued and not yet taken.
+    pub(crate) fn len(&self) -> usize {
+        self.items.lock().len()
+    }
+
+    /// Resolves once fewer than `limit` items are queued, or the consumer is gone. At once
+    /// for a queue not built `with_room`.
+    pub(crate) async fn room(&self, limit: usize) {
+        let Some(room) = &self.room else {
+            return;
+        };
+        loop {
+            let taken = room.taken.notified();
+            let mut taken = std::pin::pin!(taken);
+            // Registered before the check: a take between the check and the await wakes it.
+            taken.as_mut().enable();
+            let _waiting = Waiting::new(&room.waiting);
+            if self.closed.load(Ordering::Acquire) || self.len() < limit {
+                return;
+            }
+            taken.await;
+        }
+    }
+
+    /// Lets waiting producers check again (after a take or a close).
+    fn wake_producers(&self) {
+        if let Some(room) = &self.room {
+            if room.waiting.load(Ordering::SeqCst) > 0 {
+                room.taken.notify_waiters();
+            }
+        }
+    }
+
     /// Queues `item`, waking the consumer if the queue was empty (otherwise a wakeup is
     /// already on its way: the consumer empties the queue on every wakeup). False, and the
     /// item dropped, when the consumer is gone.
@@ -66,12 +120,15 @@ impl<T> BurstQueue<T> {
     /// Moves everything queued to the back of `into` (an empty `into` trades buffers with
     /// the queue, so a consumer that keeps its buffer allocates nothing).
     pub(crate) fn take_all(&self, into: &mut VecDeque<T>) {
-        let mut items = self.items.lock();
-        if into.is_empty() {
-            std::mem::swap(&mut *items, into);
-        } else {
-            into.extend(items.drain(..));
+        {
+            let mut items = self.items.lock();
+            if into.is_empty() {
+                std::mem::swap(&mut *items, into);
+            } else {
+                into.extend(items.drain(..));
+            }
         }
+        self.wake_producers();
     }
 
     /// The consumer is gone: drop what is queued and whatever comes later.
@@ -79,10 +136,27 @@ impl<T> BurstQueue<T> {
         self.closed.store(true, Ordering::Release);
         let dropped = std::mem::take(&mut *self.items.lock());
         drop(dropped);
+        self.wake_producers();
     }
 
     fn is_empty(&self) -> bool {
         self.items.lock().is_empty()
+    }
+}
+
+/// Counts one waiting producer while it lives (also when its wait is cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -132,7 +206,10 @@ mod tests {
         assert!(bursts.next().await.is_some());
         let mut taken = VecDeque::new();
         queue.take_all(&mut taken);
-        assert_eq!(taken.iter().copied().collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
+        assert_eq!(
+            taken.iter().copied().collect::<Vec<_>>(),
+            (0..100).collect::<Vec<_>>()
+        );
         taken.clear();
 
         // A push after the consumer went to sleep wakes it.
@@ -152,5 +229,36 @@ mod tests {
         taken.clear();
         queue.take_all(&mut taken);
         assert!(taken.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_producer_waits_for_room_until_the_consumer_takes_a_burst() {
+        let queue = Arc::new(BurstQueue::with_room());
+        let bursts = Bursts(queue.clone());
+        for n in 0..3 {
+            queue.push(n);
+        }
+        queue.room(4).await; // 3 < 4: room at once
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.room(3).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "3 queued, limit 3: no room");
+        queue.take_all(&mut VecDeque::new());
+        waiter.await.expect("the producer was let go by the take");
+
+        // A producer waiting on a consumer that goes away is let go too.
+        for n in 0..3 {
+            queue.push(n);
+        }
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.room(1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(bursts);
+        waiter.await.expect("the producer was let go by the close");
     }
 }

@@ -92,8 +92,12 @@ pub struct Config {
     pub max_session_backlog_frames: u64,
     /// The same limit in bytes. Default 8 MiB.
     pub max_session_backlog_bytes: u64,
-    /// How many events may wait in one user actor's mailbox before
-    /// [`crate::AgentRun::ready`] makes emitters wait. Default 10,000.
+    /// How many of a user's events may wait on the way to the user's actor before
+    /// [`crate::AgentRun::ready`] makes emitters wait: in process, in the actor's inbox
+    /// (the actor takes them all at once and wakes the emitters); with Redis, in this
+    /// node's queue for publishing. Default 64: an emitter runs at most this far ahead of
+    /// the user's delivery, so under load events wait on the way to the socket instead of
+    /// in a queue.
     pub max_user_backlog: u64,
     /// How long a new socket holds back live events waiting for the client's first frame,
     /// so that a `resume` sent right after the welcome is answered before any live event.
@@ -135,7 +139,7 @@ impl Default for Config {
             max_replay_bytes: 256 * 1024 * 1024,
             max_session_backlog_frames: 4_096,
             max_session_backlog_bytes: 8 * 1024 * 1024,
-            max_user_backlog: 10_000,
+            max_user_backlog: 64,
             resume_hold: Duration::from_secs(1),
             drain_batch_users: 200,
             ws_path: "/ws".to_owned(),

@@ -128,16 +128,23 @@ impl AgentRun {
         self.stream.stop.stopped()
     }
 
-    /// Waits while the engine cannot take more events now, so a producer emitting in a
-    /// tight loop cannot grow server memory without bound: in process, while the user's
-    /// actor has `max_user_backlog` or more events waiting; with Redis, while this node's
-    /// publish queue is half full or more (Redis is slow or unreachable, or emitters outrun
-    /// it; past full, events are refused and their run ends with `engine_unavailable`).
-    /// Emitting never blocks; code that emits faster than that should await this every few
-    /// dozen events. Returns at once when the run was cancelled.
+    /// Waits while the user cannot take more events now, so a producer emitting in a
+    /// tight loop neither grows server memory without bound nor runs ahead of the user's
+    /// delivery: in process, while `max_user_backlog` or more of the user's events wait
+    /// for the user's actor (it wakes the producer as soon as it takes them, so events
+    /// spend their time on the way to the socket rather than in a queue); with Redis,
+    /// while as many of the user's events wait to be published, or this node's publish
+    /// queue is half full or more (Redis is slow or unreachable, or emitters outrun it;
+    /// past full, events are refused and their run ends with `engine_unavailable`).
+    /// Emitting never blocks; code that emits in a loop should await this every few dozen
+    /// events. Returns at once when the run was cancelled.
     pub async fn ready(&self) {
-        while !self.stream.stop.is_stopped() && !self.engine.has_room(&self.stream) {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        if self.stream.stop.is_stopped() || self.engine.has_room(&self.stream) {
+            return;
+        }
+        tokio::select! {
+            () = self.engine.wait_for_room(&self.stream) => {}
+            () = self.stream.stop.stopped() => {}
         }
     }
 

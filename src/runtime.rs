@@ -301,6 +301,7 @@ fn start_engine(
     metrics: Arc<Metrics>,
     #[cfg(feature = "redis")] redis: Option<crate::engine::redis::RedisConfig>,
 ) -> Result<SharedEngine, ConfigError> {
+    let max_user_backlog = usize::try_from(config.max_user_backlog).unwrap_or(usize::MAX);
     #[cfg(feature = "redis")]
     if let Some(mut redis) = redis {
         if redis.url.is_empty() {
@@ -309,7 +310,6 @@ fn start_engine(
         redis.history_max_events = config.replay_max_events.max(1);
         redis.history_ttl = config.replay_max_age;
         redis.history_max_read = config.replay_max_events.max(1);
-        let max_user_backlog = usize::try_from(config.max_user_backlog).unwrap_or(usize::MAX);
         let engine = crate::engine::ClusterEngine::start(redis, max_user_backlog, metrics)
             .map_err(|e| ConfigError::new(format!("redis: {e}")))?;
         return Ok(Arc::new(engine));
@@ -319,7 +319,7 @@ fn start_engine(
             replay_max_events: config.replay_max_events,
             replay_max_age: config.replay_max_age,
             max_replay_bytes: config.max_replay_bytes,
-            max_user_backlog: config.max_user_backlog,
+            max_user_backlog,
         },
         metrics,
     )))

@@ -35,8 +35,8 @@ pub(crate) struct LocalLimits {
     pub replay_max_age: Duration,
     /// Bytes kept for resume over all users.
     pub max_replay_bytes: usize,
-    /// Events that may wait in a user actor's mailbox before emitters' `ready()` waits.
-    pub max_user_backlog: u64,
+    /// Events that may wait in a user actor's inbox before emitters' `ready()` waits.
+    pub max_user_backlog: usize,
 }
 
 /// The in-process engine.
@@ -155,7 +155,21 @@ impl Engine for LocalEngine {
         self.streams
             .read()
             .get(&run.user)
-            .is_none_or(|stream| stream.target.stats.backlog().0 < self.limits.max_user_backlog)
+            .is_none_or(|stream| stream.target.inbox.len() < self.limits.max_user_backlog)
+    }
+
+    fn wait_for_room(&self, run: &RunStream) -> EngineFuture<()> {
+        let inbox = self
+            .streams
+            .read()
+            .get(&run.user)
+            .map(|stream| stream.target.inbox.clone());
+        let limit = self.limits.max_user_backlog;
+        Box::pin(async move {
+            if let Some(inbox) = inbox {
+                inbox.room(limit).await;
+            }
+        })
     }
 
     fn stop(&self, user: &UserId, run_id: &str) -> EngineFuture<StopOutcome> {

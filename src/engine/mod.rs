@@ -68,6 +68,10 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// between two checks still fits.
     fn has_room(&self, run: &RunStream) -> bool;
 
+    /// Resolves once [`Engine::has_room`] would be true (the emitter's
+    /// [`crate::AgentRun::ready`] awaits it when it is not).
+    fn wait_for_room(&self, run: &RunStream) -> EngineFuture<()>;
+
     /// Stops `user`'s run `run_id`: its `agent_error` (code `cancelled`) is published, and
     /// nothing of it follows. `NotFound` when `user` has no such live run; a user can never
     /// reach another user's run.

@@ -132,7 +132,7 @@ impl Registry {
         let generation = self.user_generations;
         let stats = Arc::new(ActorStats::default());
         stats.set_state(ActorState::Live);
-        let inbox = Arc::new(Inbox::default());
+        let inbox = Arc::new(Inbox::with_room());
         let actor = User::new(
             user.clone(),
             &self.config,

@@ -16,8 +16,8 @@ use actix::{ActorContext, Addr, AsyncContext, Handler, Message, StreamHandler};
 use actix_web_actors::ws;
 
 use super::outbox::{Outbound, Outbox};
-use crate::burst_queue::{Burst, Bursts};
 use super::{Session, UserLink};
+use crate::burst_queue::{Burst, Bursts};
 use crate::close_code;
 use crate::outbound::{ControlFrame, Frame};
 use crate::stats::ActorState;

@@ -110,6 +110,17 @@ impl ClusterEngine {
 }
 
 impl Shared {
+    /// The user's own share, as the in-process engine bounds the user actor's inbox; and
+    /// the node's queue, shared by every emitter: past half full, emitters that await
+    /// `ready()` wait, and the other half takes what they emit between two checks.
+    fn has_room(&self, user: &UserId) -> bool {
+        let user_queued = self.queued.lock().get(user).copied().unwrap_or(0);
+        user_queued < self.max_user_backlog
+            && self
+                .core()
+                .is_none_or(|core| core.publisher().has_headroom())
+    }
+
     pub(super) fn core(&self) -> Option<&RedisEngine> {
         self.core.get()
     }
@@ -341,21 +352,18 @@ impl Engine for ClusterEngine {
     }
 
     fn has_room(&self, run: &RunStream) -> bool {
-        let user_queued = self
-            .shared
-            .queued
-            .lock()
-            .get(&run.user)
-            .copied()
-            .unwrap_or(0);
-        // The user's own share, as the in-process engine bounds the user actor's mailbox;
-        // and the node's queue, shared by every emitter: past half full, emitters that
-        // await `ready()` wait, and the other half takes what they emit between two checks.
-        user_queued < self.shared.max_user_backlog
-            && self
-                .shared
-                .core()
-                .is_none_or(|core| core.publisher().has_headroom())
+        self.shared.has_room(&run.user)
+    }
+
+    /// Checks again every millisecond: room comes back when Redis answers, which this
+    /// side of the engine is not told of one user at a time.
+    fn wait_for_room(&self, run: &RunStream) -> EngineFuture<()> {
+        let (shared, user) = (self.shared.clone(), run.user.clone());
+        Box::pin(async move {
+            while !shared.has_room(&user) {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
     }
 
     fn stop(&self, user: &UserId, run_id: &str) -> EngineFuture<StopOutcome> {
