@@ -40,6 +40,23 @@ pub(crate) struct ActorKind {
     kind: &'static str,
 }
 
+/// Label: a queue on the delivery path (the `stage-times` feature's histograms).
+#[cfg(feature = "stage-times")]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StageLabel {
+    stage: &'static str,
+}
+
+/// A queue an event waits in on its way to a socket (the `stage-times` feature).
+#[cfg(feature = "stage-times")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stage {
+    /// From emission to the user's actor taking it from its inbox.
+    Inbox,
+    /// From the user's actor queuing it for a session to the session writing it.
+    Outbox,
+}
+
 /// Label: which part of the Redis engine failed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct EnginePart {
@@ -101,6 +118,9 @@ pub(crate) struct Metrics {
     /// path bumps an atomic without looking anything up (a family lookup takes a lock).
     published_by_type: [Counter; EVENT_TYPES.len()],
     delivered_by_type: [Counter; EVENT_TYPES.len()],
+    /// With the `stage-times` feature: how long events wait in each queue.
+    #[cfg(feature = "stage-times")]
+    stages: [Histogram; 2],
 }
 
 /// Every agent event's wire type, in a fixed order.
@@ -112,6 +132,12 @@ const EVENT_TYPES: [&str; 6] = [
     "agent_completed",
     "agent_error",
 ];
+
+/// 10 µs to about 5 s.
+#[cfg(feature = "stage-times")]
+fn stage_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+}
 
 fn type_index(event_type: &str) -> usize {
     EVENT_TYPES
@@ -143,6 +169,8 @@ impl Default for Metrics {
             engine_resyncs: Counter::default(),
             published_by_type: Default::default(),
             delivered_by_type: Default::default(),
+            #[cfg(feature = "stage-times")]
+            stages: std::array::from_fn(|_| stage_histogram()),
             registry: Registry::default(),
         };
         let metrics = Metrics {
@@ -229,6 +257,21 @@ impl Default for Metrics {
             "Redis engine: streams continued at a new position (history lost, or Redis restarted empty)",
             metrics.engine_resyncs.clone(),
         );
+        #[cfg(feature = "stage-times")]
+        let metrics = {
+            let family: Family<StageLabel, Histogram, fn() -> Histogram> =
+                Family::new_with_constructor(stage_histogram);
+            registry.register(
+                "stage_wait_seconds",
+                "How long agent events wait in each queue on the delivery path: `inbox` (from emission to the user's actor), `outbox` (from the user's actor to the session's write); built with the stage-times feature",
+                family.clone(),
+            );
+            Metrics {
+                stages: ["inbox", "outbox"]
+                    .map(|stage| family.get_or_create_owned(&StageLabel { stage })),
+                ..metrics
+            }
+        };
         Metrics {
             registry,
             ..metrics
@@ -253,6 +296,12 @@ impl Metrics {
     pub(crate) fn delivered(&self, event_type: &'static str, latency_secs: f64) {
         self.delivered_by_type[type_index(event_type)].inc();
         self.latency.observe(latency_secs);
+    }
+
+    /// An event waited `waited` in `stage`.
+    #[cfg(feature = "stage-times")]
+    pub(crate) fn waited(&self, stage: Stage, waited: std::time::Duration) {
+        self.stages[stage as usize].observe(waited.as_secs_f64());
     }
 
     pub(crate) fn dropped(&self, event_type: &'static str, reason: DropReason, count: u64) {

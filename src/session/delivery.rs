@@ -59,11 +59,15 @@ impl Session {
     /// latency as of `now`, read once per burst).
     fn deliver(&self, ctx: &mut ws::WebsocketContext<Self>, deliver: Deliver, now: SystemTime) {
         self.write(ctx, deliver.frame);
-        if let Some((event_type, emitted_at)) = deliver.event {
-            let latency = now.duration_since(emitted_at).unwrap_or_default();
-            self.shared
-                .metrics
-                .delivered(event_type, latency.as_secs_f64());
+        if let Some(event) = deliver.event {
+            let metrics = &self.shared.metrics;
+            let latency = now.duration_since(event.emitted_at).unwrap_or_default();
+            metrics.delivered(event.event_type, latency.as_secs_f64());
+            #[cfg(feature = "stage-times")]
+            metrics.waited(
+                crate::metrics::Stage::Outbox,
+                now.duration_since(event.queued_at).unwrap_or_default(),
+            );
         }
     }
 
@@ -81,13 +85,24 @@ impl Session {
     }
 }
 
-/// An encoded frame to write (from the user's actor); `event` names an agent event's type
-/// and emission time, for the delivery metrics.
+/// An encoded frame to write (from the user's actor); `event` says what agent event it is,
+/// for the delivery metrics.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Deliver {
     pub frame: Frame,
-    pub event: Option<(&'static str, SystemTime)>,
+    pub event: Option<EventStamp>,
+}
+
+/// What the delivery metrics need of an agent event.
+pub(crate) struct EventStamp {
+    pub event_type: &'static str,
+    /// When the application emitted it.
+    pub emitted_at: SystemTime,
+    /// When the user's actor queued it for this session (for the `stage-times` feature's
+    /// outbox wait).
+    #[cfg(feature = "stage-times")]
+    pub queued_at: SystemTime,
 }
 
 impl Deliver {

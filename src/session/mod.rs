@@ -41,7 +41,7 @@ mod outbox;
 mod requests;
 
 use delivery::Flow;
-pub(crate) use delivery::{CloseSession, Deliver, Replay, Stall, Welcome};
+pub(crate) use delivery::{CloseSession, Deliver, EventStamp, Replay, Stall, Welcome};
 use frame_guard::{FrameGuard, GuardVerdict};
 pub(crate) use in_memory::connect_in_memory;
 pub use in_memory::InMemorySocket;

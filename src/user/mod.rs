@@ -31,7 +31,7 @@ use crate::engine::{Delivery, Inbox, SharedEngine, StreamEvent};
 use crate::ids::{SessionId, UserId};
 use crate::metrics::{DropReason, Metrics};
 use crate::outbound::{ControlFrame, Frame};
-use crate::session::{Deliver, Outbound, Outbox, Session, Welcome};
+use crate::session::{Deliver, EventStamp, Outbound, Outbox, Session, Welcome};
 use crate::stats::ActorState;
 use crate::stats::ActorStats;
 use crate::supervision::{SupervisionKind, SupervisionLog};
@@ -107,9 +107,16 @@ impl User {
         }
     }
 
-    /// Fans one event out to the sessions that want it; returns its size.
-    fn deliver(&mut self, event: StreamEvent) -> usize {
+    /// Fans one event out to the sessions that want it (`now`: when this burst was taken
+    /// from the inbox, for the `stage-times` feature); returns its size.
+    #[cfg_attr(not(feature = "stage-times"), allow(unused_variables))]
+    fn deliver(&mut self, event: StreamEvent, now: SystemTime) -> usize {
         let event_type = event.event_type;
+        #[cfg(feature = "stage-times")]
+        self.metrics.waited(
+            crate::metrics::Stage::Inbox,
+            now.duration_since(event.emitted_at).unwrap_or_default(),
+        );
         for member in &mut self.sessions {
             if !wants(member, &event.thread_id) {
                 continue;
@@ -127,7 +134,12 @@ impl User {
             member.last_sent_seq = event.seq;
             member.outbox.push(Outbound::Deliver(Deliver {
                 frame: event.frame.clone(),
-                event: Some((event_type, event.emitted_at)),
+                event: Some(EventStamp {
+                    event_type,
+                    emitted_at: event.emitted_at,
+                    #[cfg(feature = "stage-times")]
+                    queued_at: now,
+                }),
             }));
         }
         event.frame.len()
@@ -351,16 +363,17 @@ impl User {
             self.burst = burst;
             return;
         }
-        self.stats.active_at(SystemTime::now());
+        let now = SystemTime::now();
+        self.stats.active_at(now);
         for delivery in burst.drain(..) {
-            self.on_delivery(delivery, ctx);
+            self.on_delivery(delivery, now, ctx);
         }
         if burst.capacity() <= KEPT_BURST_CAPACITY {
             self.burst = burst;
         }
     }
 
-    fn on_delivery(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+    fn on_delivery(&mut self, delivery: Delivery, now: SystemTime, ctx: &mut Context<Self>) {
         match delivery {
             Delivery::Position { epoch, seq } => {
                 let first = self.position.is_none();
@@ -380,7 +393,7 @@ impl User {
                 if let Some((_, position)) = &mut self.position {
                     *position = seq;
                 }
-                let size = self.deliver(event);
+                let size = self.deliver(event, now);
                 self.stats.reached(seq);
                 self.stats.handled(size);
             }

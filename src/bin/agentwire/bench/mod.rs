@@ -388,6 +388,17 @@ async fn scenario(
     if let Some(at_load) = &nodes_at_load {
         outcome.sessions_per_node = at_load.iter().map(|n| n.sessions).collect();
     }
+    if let (Some(at_load), Some(after)) = (&nodes_at_load, &nodes_after) {
+        for name in ["written", "inbox", "outbox"] {
+            let Some(grown) = node_metrics::histogram_growth(name, at_load, after) else {
+                continue;
+            };
+            let ms = |q| node_metrics::quantile(&grown, q).map(|s| s * 1e3);
+            if let (Some(p50), Some(p99)) = (ms(0.5), ms(0.99)) {
+                outcome.server_waits_ms.insert(name, [p50, p99]);
+            }
+        }
+    }
     if let (Some(at_load), Some(after), Some(_)) = (&nodes_at_load, &nodes_after, redis) {
         outcome.engine = Some(EngineCounters::between(at_load, after));
     }

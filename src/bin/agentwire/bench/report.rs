@@ -53,6 +53,11 @@ pub struct Outcome {
     pub redis_cpu_us_per_event: Option<f64>,
     /// The Redis engine's repairs during the load, over all nodes: cluster runs only.
     pub engine: Option<EngineCounters>,
+    /// Where the server says events waited during the load, from its own histograms
+    /// (agentwire only): p50 and p99 in milliseconds of `written` (emission to the
+    /// socket write), and of `inbox` and `outbox` (the wait in each queue, servers built
+    /// with the `stage-times` feature). Interpolated within buckets that double.
+    pub server_waits_ms: BTreeMap<&'static str, [f64; 2]>,
     /// The load generator's own CPU (user plus system) during the load, per event: what it
     /// takes from the cores it shares with the server.
     pub generator_cpu_us_per_event: Option<f64>,
@@ -146,6 +151,7 @@ impl Outcome {
             server_cpu_us_per_event: None,
             redis_cpu_us_per_event: None,
             engine: None,
+            server_waits_ms: BTreeMap::new(),
             generator_cpu_us_per_event: None,
             throughput_per_sec: Vec::new(),
             errors: Vec::new(),
@@ -217,6 +223,14 @@ impl Outcome {
             && self.misdelivered == 0
             && self.unfinished_runs == 0
     }
+}
+
+/// A server-side wait's p50/p99 in milliseconds, or `n/a`.
+fn waits(outcome: &Outcome, name: &str) -> String {
+    outcome
+        .server_waits_ms
+        .get(name)
+        .map_or("n/a".to_owned(), |[p50, p99]| format!("{p50:.2}/{p99:.2}"))
 }
 
 fn opt(value: Option<f64>, scale: f64, digits: usize) -> String {
@@ -295,6 +309,18 @@ pub fn print(outcomes: &[Outcome]) {
                     format!("{}/{}/{}", e.gaps_repaired, e.resyncs, e.errors)
                 })
             }),
+        ),
+        (
+            "server: emitted → written p50/p99 ms",
+            Box::new(|o| waits(o, "written")),
+        ),
+        (
+            "server: inbox wait p50/p99 ms",
+            Box::new(|o| waits(o, "inbox")),
+        ),
+        (
+            "server: outbox wait p50/p99 ms",
+            Box::new(|o| waits(o, "outbox")),
         ),
         (
             "load generator CPU µs/event",
