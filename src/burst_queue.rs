@@ -31,6 +31,8 @@ use tokio::sync::Notify;
 /// An ordered queue from one producer side to one consuming actor.
 pub(crate) struct BurstQueue<T> {
     items: Mutex<VecDeque<T>>,
+    /// How many items `items` holds, readable without the lock.
+    queued: AtomicUsize,
     waker: AtomicWaker,
     /// Set when the consumer is gone: later pushes are dropped.
     closed: AtomicBool,
@@ -49,6 +51,7 @@ impl<T> Default for BurstQueue<T> {
     fn default() -> Self {
         BurstQueue {
             items: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
             waker: AtomicWaker::new(),
             closed: AtomicBool::new(false),
             room: None,
@@ -67,7 +70,7 @@ impl<T> BurstQueue<T> {
 
     /// Items queued and not yet taken.
     pub(crate) fn len(&self) -> usize {
-        self.items.lock().len()
+        self.queued.load(Ordering::SeqCst)
     }
 
     /// Resolves once fewer than `limit` items are queued, or the consumer is gone. At once
@@ -109,6 +112,7 @@ impl<T> BurstQueue<T> {
             let mut items = self.items.lock();
             let was_empty = items.is_empty();
             items.push_back(item);
+            self.queued.store(items.len(), Ordering::SeqCst);
             was_empty
         };
         if was_empty {
@@ -127,6 +131,7 @@ impl<T> BurstQueue<T> {
             } else {
                 into.extend(items.drain(..));
             }
+            self.queued.store(0, Ordering::SeqCst);
         }
         self.wake_producers();
     }
@@ -134,13 +139,13 @@ impl<T> BurstQueue<T> {
     /// The consumer is gone: drop what is queued and whatever comes later.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let dropped = std::mem::take(&mut *self.items.lock());
+        let dropped = {
+            let mut items = self.items.lock();
+            self.queued.store(0, Ordering::SeqCst);
+            std::mem::take(&mut *items)
+        };
         drop(dropped);
         self.wake_producers();
-    }
-
-    fn is_empty(&self) -> bool {
-        self.items.lock().is_empty()
     }
 }
 
@@ -172,12 +177,12 @@ impl<T> Stream for Bursts<T> {
     type Item = Burst;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Burst>> {
-        if !self.0.is_empty() {
+        if self.0.len() > 0 {
             return Poll::Ready(Some(Burst));
         }
         self.0.waker.register(cx.waker());
         // A push between the check and the registration would otherwise go unnoticed.
-        if self.0.is_empty() {
+        if self.0.len() == 0 {
             Poll::Pending
         } else {
             Poll::Ready(Some(Burst))

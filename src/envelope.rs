@@ -158,11 +158,50 @@ fn write_json_str(out: &mut Vec<u8>, value: &str) {
 
 /// `at` as RFC 3339 UTC with microseconds (`2026-11-26T15:04:05.123456Z`), exactly as
 /// `humantime::format_rfc3339_micros` writes it, without going through `fmt`. Times before
-/// 1970 are written as 1970-01-01T00:00:00.000000Z.
+/// 1970 are written as 1970-01-01T00:00:00.000000Z. The date and the minute
+/// (`2026-11-26T15:04:`) are worked out once a minute per thread: events come in order.
 fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
     let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let minute = secs / 60;
+    let (cached, prefix) = MINUTE.get();
+    if cached == minute {
+        out.extend_from_slice(&prefix);
+    } else {
+        let start = out.len();
+        write_minute(out, minute);
+        if let Ok(prefix) = <[u8; MINUTE_LEN]>::try_from(&out[start..]) {
+            MINUTE.set((minute, prefix));
+        }
+    }
+    let second = (secs % 60) as u32;
+    let micros = since.subsec_micros();
+    out.extend_from_slice(&[
+        b'0' + (second / 10) as u8,
+        b'0' + (second % 10) as u8,
+        b'.',
+        b'0' + (micros / 100_000) as u8,
+        b'0' + (micros / 10_000 % 10) as u8,
+        b'0' + (micros / 1_000 % 10) as u8,
+        b'0' + (micros / 100 % 10) as u8,
+        b'0' + (micros / 10 % 10) as u8,
+        b'0' + (micros % 10) as u8,
+        b'Z',
+    ]);
+}
+
+/// The length of `YYYY-MM-DDTHH:MM:` (a year of more than four digits is not cached).
+const MINUTE_LEN: usize = 17;
+
+thread_local! {
+    /// The minute (since the Unix epoch) whose `YYYY-MM-DDTHH:MM:` was written last.
+    static MINUTE: std::cell::Cell<(u64, [u8; MINUTE_LEN])> =
+        const { std::cell::Cell::new((u64::MAX, [0; MINUTE_LEN])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:` of the `minute`-th minute since the Unix epoch.
+fn write_minute(out: &mut Vec<u8>, minute: u64) {
+    let (days, rem) = ((minute / 1_440) as i64, minute % 1_440);
     // Days to a civil date (Howard Hinnant's algorithm, proleptic Gregorian).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -179,14 +218,10 @@ fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
     out.push(b'-');
     push_digits(out, day as u64, 2);
     out.push(b'T');
-    push_digits(out, rem / 3_600, 2);
-    out.push(b':');
-    push_digits(out, rem / 60 % 60, 2);
+    push_digits(out, rem / 60, 2);
     out.push(b':');
     push_digits(out, rem % 60, 2);
-    out.push(b'.');
-    push_digits(out, u64::from(since.subsec_micros()), 6);
-    out.push(b'Z');
+    out.push(b':');
 }
 
 /// `value` in decimal, zero-padded to `width` digits.
@@ -315,6 +350,16 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+        // Times in order, as events come: the date and minute are reused within a minute
+        // and worked out again across minutes, days and years.
+        let new_year = 1_798_761_599_000_000u64; // 2026-12-31T23:59:59Z
+        for micros in (new_year - 120_000_000..new_year + 120_000_000).step_by(999_999) {
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(micros);
+            let mut ours = Vec::new();
+            write_rfc3339_micros(&mut ours, at);
+            let theirs = humantime::format_rfc3339_micros(at).to_string();
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+        }
     }
 
     #[test]

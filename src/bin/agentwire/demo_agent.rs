@@ -146,23 +146,41 @@ async fn synthetic_run(ctx: AgentContext, spec: serde_json::Value) {
     let interval = Duration::from_millis(spec.interval_ms.min(MAX_SYNTHETIC_INTERVAL_MS));
     let began = Instant::now();
     let due = |n: u64| began + interval * u32::try_from(n).unwrap_or(u32::MAX);
-    for n in 1..=events - 2 {
-        if !interval.is_zero() {
-            if !pause_until(&run, due(n)).await {
-                return;
+    // One timer and one cancellation waiter for the whole run, re-armed for each event,
+    // rather than a new pair per event: a load tool's runs are mostly waiting.
+    let finished = {
+        let stopped = run.cancelled();
+        let mut stopped = std::pin::pin!(stopped);
+        let timer = tokio::time::sleep_until(began);
+        let mut timer = std::pin::pin!(timer);
+        let mut wait_until = async |deadline: Instant| {
+            timer.as_mut().reset(deadline);
+            tokio::select! {
+                () = timer.as_mut() => true,
+                () = stopped.as_mut() => false,
             }
-        } else if n % 64 == 0 {
-            // Flat out, but never faster than the user's actor keeps up, and letting the
-            // worker's other tasks (and sockets) run.
-            run.ready().await;
-            tokio::task::yield_now().await;
-            if run.is_cancelled() {
-                return;
+        };
+        'emit: {
+            for n in 1..=events - 2 {
+                if !interval.is_zero() {
+                    if !wait_until(due(n)).await {
+                        break 'emit false;
+                    }
+                } else if n % 64 == 0 {
+                    // Flat out, but never faster than the user's actor keeps up, and
+                    // letting the worker's other tasks (and sockets) run.
+                    run.ready().await;
+                    tokio::task::yield_now().await;
+                    if run.is_cancelled() {
+                        break 'emit false;
+                    }
+                }
+                run.thinking(format!("synthetic event {n}"));
             }
+            interval.is_zero() || wait_until(due(events - 1)).await
         }
-        run.thinking(format!("synthetic event {n}"));
-    }
-    if !interval.is_zero() && !pause_until(&run, due(events - 1)).await {
+    };
+    if !finished {
         return;
     }
     run.complete(format!("synthetic run of {events} events done"));
