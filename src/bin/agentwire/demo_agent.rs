@@ -54,6 +54,7 @@ async fn pause(run: &AgentRun, ms: u64) -> bool {
 /// Waits until `deadline`, or returns false at once if the client stopped the run.
 async fn pause_until(run: &AgentRun, deadline: Instant) -> bool {
     tokio::select! {
+        biased; // the timer first: polling the cancellation takes a lock
         _ = tokio::time::sleep_until(deadline) => true,
         _ = run.cancelled() => false,
     }
@@ -156,6 +157,7 @@ async fn synthetic_run(ctx: AgentContext, spec: serde_json::Value) {
         let mut wait_until = async |deadline: Instant| {
             timer.as_mut().reset(deadline);
             tokio::select! {
+                biased; // the timer first: polling the cancellation takes a lock
                 () = timer.as_mut() => true,
                 () = stopped.as_mut() => false,
             }
