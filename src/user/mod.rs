@@ -310,6 +310,9 @@ impl Handler<Retire> for User {
     type Result = ();
 
     fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        // The registry unsubscribed this actor before retiring it: whatever the engine
+        // handed over is in the inbox now, and is fanned out (or counted) before the stop.
+        self.take_inbox(ctx);
         ctx.stop();
     }
 }
