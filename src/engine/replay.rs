@@ -48,6 +48,9 @@ pub(crate) struct Buffered {
 
 pub(crate) struct ReplayBuffer {
     entries: VecDeque<Buffered>,
+    /// When the oldest entry gets too old (`None`: empty, or never): kept here so a push
+    /// does not read the oldest entry, long out of the cache, to find out.
+    oldest_expires: Option<SystemTime>,
     bytes: usize,
     max_events: usize,
     max_age: Duration,
@@ -58,6 +61,7 @@ impl ReplayBuffer {
     pub(crate) fn new(max_events: usize, max_age: Duration, budget: Arc<ReplayBudget>) -> Self {
         ReplayBuffer {
             entries: VecDeque::new(),
+            oldest_expires: None,
             bytes: 0,
             max_events,
             max_age,
@@ -73,6 +77,9 @@ impl ReplayBuffer {
             return;
         }
         self.expire(at);
+        if self.entries.is_empty() {
+            self.oldest_expires = at.checked_add(self.max_age);
+        }
         let size = frame.len();
         self.bytes += size;
         self.budget.used.fetch_add(size, Ordering::Relaxed);
@@ -92,11 +99,7 @@ impl ReplayBuffer {
     /// Drops events older than the maximum age (by the wall clock: a clock stepped back
     /// keeps events longer, still within the count and byte bounds).
     pub(crate) fn expire(&mut self, now: SystemTime) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|e| now.duration_since(e.at).unwrap_or(Duration::ZERO) > self.max_age)
-        {
+        while self.oldest_expires.is_some_and(|expires| now > expires) {
             self.pop_oldest();
         }
     }
@@ -108,6 +111,10 @@ impl ReplayBuffer {
                 .used
                 .fetch_sub(entry.frame.len(), Ordering::Relaxed);
         }
+        self.oldest_expires = self
+            .entries
+            .front()
+            .and_then(|oldest| oldest.at.checked_add(self.max_age));
     }
 
     /// Every buffered event with `after < seq <= upto`, or `None` when the buffer no longer
@@ -206,6 +213,33 @@ mod tests {
         b.push(2, Frame::from("0123456789"), thread(), SystemTime::now());
         assert!(budget.used() <= 20);
         assert_eq!((a.len(), b.len()), (1, 1), "b dropped its own oldest");
+    }
+
+    #[test]
+    fn events_expire_oldest_first_by_their_own_age() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let mut buffer = ReplayBuffer::new(3, Duration::from_secs(15), ReplayBudget::new(1 << 20));
+        for (seq, secs) in [(1, 0), (2, 10), (3, 20), (4, 30)] {
+            buffer.push(seq, Frame::from("x"), thread(), at(secs));
+        }
+        // Pushing 4 at 30 s expired 1 (30 s old) and 2 (20 s old) by age; count allowed 3.
+        assert_eq!(seqs(&buffer, 2, 4), Some(vec![3, 4]));
+        buffer.expire(at(35));
+        assert_eq!(
+            seqs(&buffer, 2, 4),
+            Some(vec![3, 4]),
+            "3 is exactly 15 s old"
+        );
+        buffer.expire(at(36));
+        assert_eq!(seqs(&buffer, 3, 4), Some(vec![4]));
+        assert_eq!(seqs(&buffer, 2, 4), None);
+        buffer.expire(at(46));
+        assert_eq!(buffer.len(), 0);
+        // An empty buffer starts the clock again with its next event.
+        buffer.push(5, Frame::from("x"), thread(), at(100));
+        buffer.expire(at(110));
+        assert_eq!(buffer.len(), 1);
     }
 
     #[test]
