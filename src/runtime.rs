@@ -96,6 +96,9 @@ impl Runtime {
     /// Drains the runtime: new upgrades get HTTP 503, and every open socket is closed with
     /// 1012 (service restart), a batch of users at a time, each after everything already
     /// queued to it has been written. Resolves when no socket is left or `deadline` passed.
+    /// With Redis, the events emitted before the call (on any node) that are still on their
+    /// way to this node's user actors reach them first: the drain waits for them for at most
+    /// half of `deadline`.
     ///
     /// Clients should reconnect with `resume`. With the in-process engine, users' streams
     /// live in this process: a client that reconnects to a restarted process gets
@@ -109,6 +112,9 @@ impl Runtime {
         let started = Instant::now();
         self.shared.draining.store(true, Ordering::SeqCst);
         let open_before = self.snapshot().await?.session_count();
+        // What was emitted before now reaches the user actors first (with Redis it may still
+        // be on its way), so the 1012 closes come after it; at most half the deadline.
+        self.shared.engine.settle(deadline / 2).await;
         self.shared
             .registry
             .send(DrainAll)

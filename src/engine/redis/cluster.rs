@@ -10,7 +10,9 @@
 //!   has room again the run ends on the wire with `agent_error` code `engine_unavailable`.
 //! - **Delivery.** Each subscribed user has a receiver (`receiver`), which hands the user's
 //!   actor the stream in `seq` order, repairing gaps from history and turning what cannot
-//!   be repaired into a new position (`resync_required`).
+//!   be repaired into a new position (`resync_required`), and never posts more than twice
+//!   `max_user_backlog` ahead of the actor. Before a drain, `settle` waits for what was
+//!   published to reach the actors.
 //! - **History** reads a resume's range from the user's stream in Redis, with a time limit:
 //!   exactly, or (`partial`) its tail still held, within the same replay window as the
 //!   in-process engine (the last `replay_max_events`, none older than `replay_max_age`).
@@ -106,6 +108,14 @@ impl ClusterEngine {
         // The arbiter's thread lives as long as the process; its handle is kept in `shared`.
         std::mem::forget(arbiter);
         Ok(ClusterEngine { shared })
+    }
+}
+
+#[cfg(test)]
+impl ClusterEngine {
+    /// The engine's shared state, for the tests of the parts that work on it.
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 }
 
@@ -341,19 +351,19 @@ impl Engine for ClusterEngine {
     }
 
     fn has_room(&self, run: &RunStream) -> bool {
-        let user_queued = self
-            .shared
-            .queued
-            .lock()
-            .get(&run.user)
-            .copied()
-            .unwrap_or(0);
-        // The user's own share, as the in-process engine bounds the user actor's mailbox;
-        // and the node's queue, shared by every emitter: past half full, emitters that
-        // await `ready()` wait, and the other half takes what they emit between two checks.
-        user_queued < self.shared.max_user_backlog
-            && self
-                .shared
+        let shared = &self.shared;
+        let user_queued = shared.queued.lock().get(&run.user).copied().unwrap_or(0);
+        // The user's actor on this node, as the in-process engine bounds it: its mailbox,
+        // and a receiver that let events go and has not read them back yet.
+        let actor_behind = shared.receivers.lock().get(&run.user).is_some_and(|r| {
+            r.behind.is_some() || r.actor_backlog() >= shared.max_user_backlog as u64
+        });
+        // The user's own share of the publish queue; and the node's queue, shared by every
+        // emitter: past half full, emitters that await `ready()` wait, and the other half
+        // takes what they emit between two checks.
+        user_queued < shared.max_user_backlog
+            && !actor_behind
+            && shared
                 .core()
                 .is_none_or(|core| core.publisher().has_headroom())
     }
@@ -463,6 +473,11 @@ impl Engine for ClusterEngine {
 
     fn node_id(&self) -> Option<&str> {
         self.shared.core().map(RedisEngine::node_id)
+    }
+
+    fn settle(&self, deadline: Duration) -> EngineFuture<()> {
+        self.shared
+            .on_engine((), move |shared| shared.settle(deadline))
     }
 
     fn shutdown(&self, deadline: Duration) -> EngineFuture<()> {
