@@ -252,6 +252,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Checks a Redis key prefix as [`RuntimeBuilder::start`] does (1 to 64 bytes, no braces,
+    /// whitespace or control characters), so that a program can refuse a bad setting (a
+    /// command-line flag, say) before it starts anything.
+    #[cfg(feature = "redis")]
+    pub fn check_redis_prefix(prefix: &str) -> Result<(), ConfigError> {
+        crate::engine::redis::check_prefix(prefix).map_err(|e| ConfigError::new(e.to_string()))
+    }
+
+    /// Checks a Redis URL as [`RuntimeBuilder::start`] does (its form only: nothing is
+    /// connected to), for the same purpose as [`RuntimeBuilder::check_redis_prefix`].
+    #[cfg(feature = "redis")]
+    pub fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+        crate::engine::redis::check_url(url).map_err(|e| ConfigError::new(e.to_string()))
+    }
+
     /// Starts the registry and the user arbiters. Must be called inside a running actix
     /// system (for example from `#[actix_web::main]`).
     pub fn start(self) -> Result<Runtime, ConfigError> {

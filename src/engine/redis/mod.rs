@@ -99,6 +99,21 @@ use publisher::PublisherLimits;
 use script::{PublishScript, ScriptSettings};
 use subscriber::SubscriberTimings;
 
+/// Refuses a prefix the engine cannot use (see [`keys::Keys::new`]).
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    Keys::new(prefix).map(drop).map_err(ConfigError::Key)
+}
+
+/// Refuses a URL the Redis client cannot use (it is not connected to: that happens later,
+/// in the background).
+pub(crate) fn check_url(url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url).map(drop).map_err(|e| {
+        ConfigError::Url(format!(
+            "expected redis://[user:password@]host:port/db ({e})"
+        ))
+    })
+}
+
 /// What every task of one node's engine shares.
 pub(crate) struct Node {
     /// This node's id.
