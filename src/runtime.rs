@@ -232,12 +232,11 @@ impl RuntimeBuilder {
     /// ```
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        let prefix = self.redis.take().map(|config| config.prefix);
-        let mut config = crate::engine::redis::RedisConfig::new(url);
-        if let Some(prefix) = prefix {
-            config.prefix = prefix;
-        }
-        self.redis = Some(config);
+        let url = url.into();
+        let config = self
+            .redis
+            .get_or_insert_with(|| crate::engine::redis::RedisConfig::new(String::new()));
+        config.url = url;
         self
     }
 
@@ -249,6 +248,20 @@ impl RuntimeBuilder {
             .redis
             .get_or_insert_with(|| crate::engine::redis::RedisConfig::new(String::new()));
         config.prefix = prefix.into();
+        self
+    }
+
+    /// How many events this node's publish queue holds, over all users (default 262,144;
+    /// at most 64 MiB whatever this says). While Redis is unreachable or slower than the
+    /// emitters, events wait there; an event that does not fit stops its run, which ends
+    /// with `agent_error` code `engine_unavailable` once the queue has room. Only with
+    /// [`RuntimeBuilder::redis`]; at least 1.
+    #[cfg(feature = "redis")]
+    pub fn redis_queue_capacity(mut self, events: usize) -> Self {
+        let config = self
+            .redis
+            .get_or_insert_with(|| crate::engine::redis::RedisConfig::new(String::new()));
+        config.queue_capacity = events;
         self
     }
 
@@ -325,7 +338,9 @@ fn start_engine(
     #[cfg(feature = "redis")]
     if let Some(mut redis) = redis {
         if redis.url.is_empty() {
-            return Err(ConfigError::new("redis_prefix was set without a Redis URL"));
+            return Err(ConfigError::new(
+                "a Redis setting (redis_prefix, redis_queue_capacity) was given without a Redis URL",
+            ));
         }
         redis.history_max_events = config.replay_max_events.max(1);
         redis.history_ttl = config.replay_max_age;

@@ -128,6 +128,18 @@ pub struct ServeArgs {
     /// (1 to 64 bytes, no braces, whitespace or control characters).
     #[arg(long, env = "AGENTWIRE_REDIS_PREFIX", default_value = "agentwire", value_parser = redis_prefix, requires = "redis_url")]
     pub redis_prefix: String,
+    /// How many events this node's publish queue holds while Redis is slow or unreachable
+    /// (and at most 64 MiB): an event that does not fit stops its run, which ends with
+    /// `agent_error` code `engine_unavailable`.
+    #[arg(
+        long,
+        env = "AGENTWIRE_REDIS_QUEUE_CAPACITY",
+        value_name = "EVENTS",
+        default_value_t = 262_144,
+        value_parser = at_least_one,
+        requires = "redis_url"
+    )]
+    pub redis_queue_capacity: usize,
 }
 
 /// `--user-placement`.
