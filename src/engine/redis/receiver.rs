@@ -198,6 +198,8 @@ impl Shared {
                     });
                 }
                 Some((epoch, _)) if epoch != position.epoch => {
+                    // Nothing of the old epoch is left to read back.
+                    receiver.behind = None;
                     this.metrics.engine_resynced();
                     reposition(receiver, position.epoch, position.seq);
                 }
