@@ -241,6 +241,11 @@ impl ConfigError {
     pub(crate) fn new(message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         ConfigError(message.into())
     }
+
+    /// What is wrong, without the `invalid agentwire config:` that `Display` puts first.
+    pub fn reason(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Display for ConfigError {

@@ -109,10 +109,12 @@ pub(crate) struct Metrics {
     latency: Histogram,
     restarts: Counter,
     escalations: Counter,
-    /// The Redis engine's: publish latency, errors by part, gaps repaired, resyncs.
+    /// The Redis engine's: publish latency, errors by part, gaps repaired, catch-ups,
+    /// resyncs.
     engine_publish: Histogram,
     engine_errors: Family<EnginePart, Counter>,
     engine_gaps_repaired: Counter,
+    engine_catch_ups: Counter,
     engine_resyncs: Counter,
     /// The per-type counters of `published` and `delivered`, created once, so the per-event
     /// path bumps an atomic without looking anything up (a family lookup takes a lock).
@@ -166,6 +168,7 @@ impl Default for Metrics {
             engine_publish: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
             engine_errors: Family::default(),
             engine_gaps_repaired: Counter::default(),
+            engine_catch_ups: Counter::default(),
             engine_resyncs: Counter::default(),
             published_by_type: Default::default(),
             delivered_by_type: Default::default(),
@@ -253,6 +256,11 @@ impl Default for Metrics {
             metrics.engine_gaps_repaired.clone(),
         );
         registry.register(
+            "engine_catch_ups",
+            "Redis engine: times a user's actor fell twice max_user_backlog events behind and this node let its events go, to read them back from history",
+            metrics.engine_catch_ups.clone(),
+        );
+        registry.register(
             "engine_resyncs",
             "Redis engine: streams continued at a new position (history lost, or Redis restarted empty)",
             metrics.engine_resyncs.clone(),
@@ -335,6 +343,11 @@ impl Metrics {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn engine_gap_repaired(&self) {
         self.engine_gaps_repaired.inc();
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn engine_caught_up(&self) {
+        self.engine_catch_ups.inc();
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]

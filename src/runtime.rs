@@ -96,6 +96,9 @@ impl Runtime {
     /// Drains the runtime: new upgrades get HTTP 503, and every open socket is closed with
     /// 1012 (service restart), a batch of users at a time, each after everything already
     /// queued to it has been written. Resolves when no socket is left or `deadline` passed.
+    /// With Redis, the events emitted before the call (on any node) that are still on their
+    /// way to this node's user actors reach them first: the drain waits for them for at most
+    /// half of `deadline`.
     ///
     /// Clients should reconnect with `resume`. With the in-process engine, users' streams
     /// live in this process: a client that reconnects to a restarted process gets
@@ -109,6 +112,9 @@ impl Runtime {
         let started = Instant::now();
         self.shared.draining.store(true, Ordering::SeqCst);
         let open_before = self.snapshot().await?.session_count();
+        // What was emitted before now reaches the user actors first (with Redis it may still
+        // be on its way), so the 1012 closes come after it; at most half the deadline.
+        self.shared.engine.settle(deadline / 2).await;
         self.shared
             .registry
             .send(DrainAll)
@@ -226,12 +232,11 @@ impl RuntimeBuilder {
     /// ```
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        let prefix = self.redis.take().map(|config| config.prefix);
-        let mut config = crate::engine::redis::RedisConfig::new(url);
-        if let Some(prefix) = prefix {
-            config.prefix = prefix;
-        }
-        self.redis = Some(config);
+        let url = url.into();
+        let config = self
+            .redis
+            .get_or_insert_with(|| crate::engine::redis::RedisConfig::new(String::new()));
+        config.url = url;
         self
     }
 
@@ -244,6 +249,35 @@ impl RuntimeBuilder {
             .get_or_insert_with(|| crate::engine::redis::RedisConfig::new(String::new()));
         config.prefix = prefix.into();
         self
+    }
+
+    /// How many events this node's publish queue holds, over all users (default 262,144;
+    /// at most 64 MiB whatever this says). While Redis is unreachable or slower than the
+    /// emitters, events wait there; an event that does not fit stops its run, which ends
+    /// with `agent_error` code `engine_unavailable` once the queue has room. Only with
+    /// [`RuntimeBuilder::redis`]; at least 1.
+    #[cfg(feature = "redis")]
+    pub fn redis_queue_capacity(mut self, events: usize) -> Self {
+        let config = self
+            .redis
+            .get_or_insert_with(|| crate::engine::redis::RedisConfig::new(String::new()));
+        config.queue_capacity = events;
+        self
+    }
+
+    /// Checks a Redis key prefix as [`RuntimeBuilder::start`] does (1 to 64 bytes, no braces,
+    /// whitespace or control characters), so that a program can refuse a bad setting (a
+    /// command-line flag, say) before it starts anything.
+    #[cfg(feature = "redis")]
+    pub fn check_redis_prefix(prefix: &str) -> Result<(), ConfigError> {
+        crate::engine::redis::check_prefix(prefix).map_err(|e| ConfigError::new(e.to_string()))
+    }
+
+    /// Checks a Redis URL as [`RuntimeBuilder::start`] does (its form only: nothing is
+    /// connected to), for the same purpose as [`RuntimeBuilder::check_redis_prefix`].
+    #[cfg(feature = "redis")]
+    pub fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+        crate::engine::redis::check_url(url).map_err(|e| ConfigError::new(e.to_string()))
     }
 
     /// Starts the registry and the user arbiters. Must be called inside a running actix
@@ -305,7 +339,9 @@ fn start_engine(
     #[cfg(feature = "redis")]
     if let Some(mut redis) = redis {
         if redis.url.is_empty() {
-            return Err(ConfigError::new("redis_prefix was set without a Redis URL"));
+            return Err(ConfigError::new(
+                "a Redis setting (redis_prefix, redis_queue_capacity) was given without a Redis URL",
+            ));
         }
         redis.history_max_events = config.replay_max_events.max(1);
         redis.history_ttl = config.replay_max_age;

@@ -1,7 +1,8 @@
 //! The `agentwire` binary's command line as a user meets it: each test runs the binary as a
-//! separate process and reads what it prints and how it exits. Usage errors exit with
-//! status 2 before anything starts; a start that fails names the address and prints no
-//! secret; shutting down is not a crash; `tree --watch` outlives the server it watches.
+//! separate process and reads what it prints and how it exits. Usage errors (a Redis prefix
+//! or URL the engine would refuse among them) exit with status 2 before anything starts; a
+//! start that fails names the address and prints no secret; shutting down is not a crash;
+//! `tree --watch` outlives the server it watches.
 
 mod common;
 
@@ -21,6 +22,8 @@ fn agentwire() -> Command {
     command.env_remove("AGENTWIRE_ADMIN_TOKEN");
     command.env_remove("AGENTWIRE_JWT_SECRET");
     command.env_remove("AGENTWIRE_BIND");
+    command.env_remove("AGENTWIRE_REDIS_URL");
+    command.env_remove("AGENTWIRE_REDIS_PREFIX");
     command
 }
 
@@ -169,6 +172,54 @@ fn zero_workers_is_a_usage_error_not_a_panic() {
             "{stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "nothing started: {}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn a_redis_prefix_or_url_the_engine_refuses_is_a_usage_error() {
+    let redis = [
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--redis",
+        "redis://127.0.0.1:1/0",
+    ];
+    for out in [
+        run(
+            &[&redis[..], &["--redis-prefix", "two words"]].concat(),
+            &[],
+        ),
+        run(&[&redis[..], &["--redis-prefix", "a{b}"]].concat(), &[]),
+        run(&redis, &[("AGENTWIRE_REDIS_PREFIX", "")]),
+    ] {
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--redis-prefix")
+                && stderr.contains("the Redis prefix must be 1 to 64 bytes without braces, whitespace or control characters"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "nothing started: {}",
+            text(&out.stdout)
+        );
+    }
+    for bad in ["localhost:6379", "http://127.0.0.1:6379"] {
+        let out = run(&["serve", "--bind", "127.0.0.1:0", "--redis", bad], &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("--redis <URL>")
+                && stderr.contains("expected redis://[user:password@]host:port/db"),
+            "{stderr}"
+        );
         assert!(
             out.stdout.is_empty(),
             "nothing started: {}",

@@ -1,6 +1,7 @@
 //! A cluster when things fail: `agentwire serve --redis` nodes as separate processes on a
-//! real `redis-server` of the test's own, one of them killed with SIGKILL mid-run, and Redis
-//! itself restarted empty or paused.
+//! real `redis-server` of the test's own, one of them killed with SIGKILL mid-run or
+//! stopped while Redis drops its pub/sub connection, and Redis itself restarted empty or
+//! paused (a stop it cannot look up, a publish queue that overflows).
 
 mod common;
 #[path = "common/serve_process.rs"]
@@ -13,6 +14,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::engine::TestRedis;
+use common::metrics::Exposition;
 use common::{token, Client, PATIENCE};
 use serde_json::{json, Value};
 
@@ -29,9 +31,14 @@ struct Node {
 
 impl Node {
     fn start(redis: &TestRedis) -> Node {
+        Node::start_with(redis, &[])
+    }
+
+    /// A node with `extra` flags.
+    fn start_with(redis: &TestRedis, extra: &[&str]) -> Node {
         let secret = std::str::from_utf8(common::SECRET).unwrap();
         let url = redis.url();
-        let (child, addr) = spawn_serve(&[
+        let args = [
             "--jwt-secret",
             secret,
             "--admin-token",
@@ -40,8 +47,25 @@ impl Node {
             &url,
             "--redis-prefix",
             "failures",
-        ]);
+        ];
+        let (child, addr) = spawn_serve(&[&args[..], extra].concat());
         Node { child, addr }
+    }
+
+    /// Sends the node's process `signal` (SIGSTOP, SIGCONT).
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// The node's metrics.
+    async fn metrics(&self) -> Exposition {
+        let auth = format!("Authorization: Bearer {}\r\n", common::ADMIN);
+        let (status, text) = common::http(self.addr, "GET", "/metrics", None, &auth).await;
+        assert_eq!(status, 200, "{text}");
+        Exposition::parse(&text)
     }
 
     async fn connect(&self, user: &str) -> Client {
@@ -58,6 +82,7 @@ impl Node {
     }
 
     fn kill(&mut self) {
+        self.signal(libc::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -238,4 +263,182 @@ async fn a_paused_redis_delays_events_but_loses_and_repeats_none() {
         }
     }
     assert_eq!(expected, start + 401, "all 400 events arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_redis_is_unreachable_is_answered_unavailable_and_the_run_goes_on() {
+    let redis = TestRedis::start();
+    let node = Node::start(&redis);
+    let mut client = node.connect("kim").await;
+    // 2,000 events 10 ms apart: still running when the stops come.
+    start_synthetic(&mut client, 2_000, 10).await;
+    let started = next_event(&mut client, PATIENCE).await;
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    let mut expected = started["seq"].as_u64().unwrap() + 1;
+
+    // Redis stops answering: the node cannot look the run up, and says so.
+    redis.pause();
+    client
+        .send(json!({ "type": "stop_agent", "run_id": run_id, "ref": "while paused" }))
+        .await;
+    let refusal = loop {
+        let frame = tokio::time::timeout(PATIENCE + MARGIN, client.next())
+            .await
+            .expect("the stop is answered");
+        if frame["type"] == "error" {
+            break frame;
+        }
+        assert_eq!(frame["type"], "agent_thinking", "{frame}");
+        assert_eq!(frame["seq"], expected, "{frame}");
+        expected += 1;
+    };
+    assert_eq!(refusal["code"], "unavailable", "{refusal}");
+    assert_eq!(refusal["ref"], "while paused");
+    redis.resume();
+
+    // The run was not stopped: it goes on, in order, once Redis is back ...
+    for _ in 0..20 {
+        let event = next_event(&mut client, PATIENCE + MARGIN).await;
+        assert_eq!(event["type"], "agent_thinking", "{event}");
+        assert_eq!(event["seq"], expected, "{event}");
+        expected += 1;
+    }
+    // ... and the same stop, sent again, ends it.
+    client
+        .send(json!({ "type": "stop_agent", "run_id": run_id, "ref": "again" }))
+        .await;
+    let end = loop {
+        let event = next_event(&mut client, PATIENCE + MARGIN).await;
+        assert_eq!(event["seq"], expected, "in order, once each: {event}");
+        expected += 1;
+        if event["type"] == "agent_error" {
+            break event;
+        }
+    };
+    assert_eq!(end["run_id"], run_id.as_str());
+    assert_eq!(end["data"]["code"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_events_overflow_the_publish_queue_ends_with_engine_unavailable() {
+    let redis = TestRedis::start();
+    let node = Node::start_with(&redis, &["--redis-queue-capacity", "16"]);
+    let mut client = node.connect("lou").await;
+    // 2,000 events 5 ms apart, emitted on schedule (without waiting in `ready()`).
+    start_synthetic(&mut client, 2_000, 5).await;
+    let started = next_event(&mut client, PATIENCE).await;
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    let mut expected = started["seq"].as_u64().unwrap() + 1;
+    for _ in 0..5 {
+        let event = next_event(&mut client, PATIENCE).await;
+        assert_eq!(event["seq"], expected);
+        expected += 1;
+    }
+
+    // With Redis stopped, the node's 16-event queue fills and refuses the next event.
+    redis.pause();
+    let dropped =
+        "agentwire_events_dropped_total{type=\"agent_thinking\",reason=\"engine_unavailable\"}";
+    let deadline = Instant::now() + PATIENCE;
+    while node.metrics().await.find(dropped).is_none() {
+        assert!(Instant::now() < deadline, "the queue overflows");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.resume();
+
+    // What the queue held arrives in order, then the run's end: engine_unavailable, with
+    // the next seq, and nothing more of the run.
+    let end = loop {
+        let event = next_event(&mut client, PATIENCE + MARGIN).await;
+        assert_eq!(event["seq"], expected, "in order, once each: {event}");
+        expected += 1;
+        if event["type"] != "agent_thinking" {
+            break event;
+        }
+    };
+    assert_eq!(end["type"], "agent_error", "{end}");
+    assert_eq!(end["run_id"], run_id.as_str());
+    assert_eq!(end["data"]["code"], "engine_unavailable", "{end}");
+    client.send(json!({ "type": "ping", "ref": "after" })).await;
+    let pong = client.expect("pong").await;
+    assert_eq!(pong["ref"], "after", "nothing of the run after its end");
+    assert_eq!(node.metrics().await.get(dropped), 1.0, "one event refused");
+
+    // The user can run again once Redis keeps up.
+    start_synthetic(&mut client, 3, 0).await;
+    let next = next_event(&mut client, PATIENCE).await;
+    assert_eq!(next["type"], "agent_started");
+    assert_eq!(next["seq"], expected);
+}
+
+/// Redis's id of the pub/sub connection with `subscriptions` channels: the one node's
+/// subscriber that has that many (its control channel and its users' channels).
+fn subscriber_with(redis: &TestRedis, subscriptions: usize) -> String {
+    let clients = redis.bulk("CLIENT LIST TYPE pubsub");
+    let wanted = format!(" sub={subscriptions} ");
+    let matching: Vec<&str> = clients.lines().filter(|c| c.contains(&wanted)).collect();
+    assert_eq!(matching.len(), 1, "{clients}");
+    let id = matching[0]
+        .split(' ')
+        .find_map(|field| field.strip_prefix("id="))
+        .unwrap_or_else(|| panic!("an id in {}", matching[0]));
+    id.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_node_missed_on_pub_sub_are_repaired_from_history_in_order() {
+    let redis = TestRedis::start();
+    let runner = Node::start(&redis);
+    let watcher = Node::start(&redis);
+    let mut on_runner = runner.connect("max").await;
+    let mut on_watcher = watcher.connect("max").await;
+    // A second user on the watcher, so that its subscriber (control, max, ned) is told
+    // apart from the runner's (control, max) in Redis's client list.
+    let _ned = watcher.connect("ned").await;
+    let start = on_watcher.welcome["seq"].as_u64().unwrap();
+    // 600 events 5 ms apart, from the runner's node.
+    start_synthetic(&mut on_runner, 600, 5).await;
+    for n in 1..=10 {
+        let event = next_event(&mut on_watcher, PATIENCE).await;
+        assert_eq!(event["seq"], start + n);
+    }
+
+    // The watcher's node stops; Redis drops its pub/sub connection meanwhile, so every
+    // event published from now on is lost to it on pub/sub.
+    watcher.signal(libc::SIGSTOP);
+    let id = subscriber_with(&redis, 3);
+    assert_eq!(redis.command(&format!("CLIENT KILL ID {id}")), ":1");
+    let killed_at = loop {
+        let event = next_event(&mut on_runner, PATIENCE).await;
+        if event["seq"].as_u64().unwrap() > start + 10 {
+            break event["seq"].as_u64().unwrap();
+        }
+    };
+    // At least 50 events published while the watcher could not receive them.
+    while next_event(&mut on_runner, PATIENCE).await["seq"]
+        .as_u64()
+        .unwrap()
+        < killed_at + 50
+    {}
+    watcher.signal(libc::SIGCONT);
+
+    // The watcher's socket gets every event once, in order, to the run's end: what pub/sub
+    // lost was read from history when the node resubscribed.
+    let mut expected = start + 11;
+    loop {
+        let event = next_event(&mut on_watcher, PATIENCE + MARGIN).await;
+        assert_eq!(event["seq"], expected, "in order, once each: {event}");
+        expected += 1;
+        if event["type"] == "agent_completed" {
+            break;
+        }
+    }
+    assert_eq!(expected, start + 601, "all 600 events arrived");
+    let metrics = watcher.metrics().await;
+    assert!(
+        metrics.get("agentwire_engine_gaps_repaired_total") >= 1.0,
+        "{}",
+        metrics.text()
+    );
+    assert_eq!(metrics.get("agentwire_engine_resyncs_total"), 0.0);
 }

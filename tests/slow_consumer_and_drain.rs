@@ -58,6 +58,9 @@ async fn a_client_that_stops_reading_is_cut_off_at_a_bounded_backlog() {
     let fast_frames = fast.collect_run().await;
     assert_eq!(seqs(&fast_frames), (1..=202).collect::<Vec<_>>());
     flood.await.unwrap();
+    // The slow user's actor has received all 40,002 events (with Redis they come through
+    // pub/sub after the emitter's calls returned) while the cut-off socket is still open.
+    server.wait_for_seq("slow", 40_002).await;
 
     let grown = rss_bytes().saturating_sub(baseline);
     eprintln!("RSS grew {} KiB during the flood", grown / 1024);
@@ -239,6 +242,9 @@ async fn during_a_drain_upgrades_get_503_and_events_are_numbered_but_not_sent() 
         })
     };
     flood.await.unwrap();
+    // Every event reached the user's actor (with Redis, through pub/sub) ...
+    server.wait_for_seq("stalled", 2_002).await;
+    // ... which queued all of them to the session, still holding what it cannot write.
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     loop {
         let snapshot = server.runtime.snapshot().await.unwrap();

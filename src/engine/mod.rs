@@ -110,6 +110,13 @@ pub(crate) trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// The runtime is about to drain its sockets: hand this node's user actors, within
+    /// `deadline`, every event published before now, so the drain's closes queue behind
+    /// them. The in-process engine hands each event over as it numbers it: nothing to do.
+    fn settle(&self, _deadline: std::time::Duration) -> EngineFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// The runtime is shutting down (its sockets are drained): publish what is still queued,
     /// within `deadline`, and leave. The in-process engine has nothing to do.
     fn shutdown(&self, _deadline: std::time::Duration) -> EngineFuture<()> {

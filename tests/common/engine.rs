@@ -3,8 +3,8 @@
 //! `AGENTWIRE_TEST_ENGINE` chooses: unset (or `local`) for the in-process engine, `redis`
 //! for the Redis engine, where every test server (and every runtime a test starts through
 //! [`on_test_engine`]) gets a `redis-server` of its own on a free loopback port, killed with
-//! the server. `scripts/test` runs the delivery, resume, isolation and supervision suites a
-//! second time with `AGENTWIRE_TEST_ENGINE=redis`.
+//! the server. `scripts/test` runs the delivery, resume, isolation, supervision,
+//! backpressure and drain suites a second time with `AGENTWIRE_TEST_ENGINE=redis`.
 //!
 //! Where the engines legitimately differ (a user's stream outlives the user's actor only in
 //! Redis, for example), a test asks [`is_redis`] and says why in a comment.

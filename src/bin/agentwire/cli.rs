@@ -1,7 +1,8 @@
 //! Command-line parsing for the `agentwire` binary: every flag also reads an environment
 //! variable, and running with no subcommand means `serve`. Values that cannot work (no
-//! workers, an empty secret, an address that is not `IP:PORT` or `HOST:PORT`) are usage
-//! errors: clap prints them and exits with status 2, before anything starts.
+//! workers, an empty secret, an address that is not `IP:PORT` or `HOST:PORT`, a Redis URL
+//! or key prefix the Redis engine refuses) are usage errors: clap prints them and exits
+//! with status 2, before anything starts.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -121,11 +122,24 @@ pub struct ServeArgs {
     /// Join a cluster: every node started with the same Redis and prefix shares each user's
     /// stream (`redis://[user:password@]host:port/db`). Without it, streams live in this
     /// process.
-    #[arg(long = "redis", env = "AGENTWIRE_REDIS_URL", value_name = "URL", value_parser = non_empty)]
+    #[arg(long = "redis", env = "AGENTWIRE_REDIS_URL", value_name = "URL", value_parser = redis_url)]
     pub redis_url: Option<String>,
-    /// The prefix of every Redis key and channel, so several deployments can share one Redis.
-    #[arg(long, env = "AGENTWIRE_REDIS_PREFIX", default_value = "agentwire", value_parser = non_empty, requires = "redis_url")]
+    /// The prefix of every Redis key and channel, so several deployments can share one Redis
+    /// (1 to 64 bytes, no braces, whitespace or control characters).
+    #[arg(long, env = "AGENTWIRE_REDIS_PREFIX", default_value = "agentwire", value_parser = redis_prefix, requires = "redis_url")]
     pub redis_prefix: String,
+    /// How many events this node's publish queue holds while Redis is slow or unreachable
+    /// (and at most 64 MiB): an event that does not fit stops its run, which ends with
+    /// `agent_error` code `engine_unavailable`.
+    #[arg(
+        long,
+        env = "AGENTWIRE_REDIS_QUEUE_CAPACITY",
+        value_name = "EVENTS",
+        default_value_t = 262_144,
+        value_parser = at_least_one,
+        requires = "redis_url"
+    )]
+    pub redis_queue_capacity: usize,
 }
 
 /// `--user-placement`.
@@ -187,6 +201,18 @@ fn non_empty(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// `--redis`: a URL the Redis client takes (connecting happens later, in the background).
+fn redis_url(value: &str) -> Result<String, String> {
+    agentwire::RuntimeBuilder::check_redis_url(value).map_err(|e| e.reason().to_owned())?;
+    Ok(value.to_owned())
+}
+
+/// `--redis-prefix`: a prefix the Redis engine takes.
+fn redis_prefix(value: &str) -> Result<String, String> {
+    agentwire::RuntimeBuilder::check_redis_prefix(value).map_err(|e| e.reason().to_owned())?;
+    Ok(value.to_owned())
+}
+
 /// `--workers`: actix-web needs at least one.
 fn at_least_one(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
@@ -233,5 +259,21 @@ mod tests {
         assert_eq!(at_least_one("3"), Ok(3));
         assert!(non_empty("").is_err());
         assert_eq!(non_empty("x"), Ok("x".to_owned()));
+    }
+
+    #[test]
+    fn redis_urls_and_prefixes_are_checked_as_the_engine_checks_them() {
+        assert!(redis_url("redis://127.0.0.1:6379/0").is_ok());
+        for bad in ["", "127.0.0.1:6379", "http://127.0.0.1:6379"] {
+            assert!(redis_url(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            redis_prefix("agentwire-eu.1"),
+            Ok("agentwire-eu.1".to_owned())
+        );
+        for bad in ["", "a b", "a{b", "a}b", "a\tb", &"p".repeat(65)] {
+            let error = redis_prefix(bad).unwrap_err();
+            assert!(error.contains("Redis prefix"), "{bad:?}: {error}");
+        }
     }
 }

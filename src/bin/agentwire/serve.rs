@@ -63,7 +63,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .config(config)
         .handler(DemoAgent);
     if let Some(url) = &args.redis_url {
-        builder = builder.redis(url).redis_prefix(&args.redis_prefix);
+        builder = builder
+            .redis(url)
+            .redis_prefix(&args.redis_prefix)
+            .redis_queue_capacity(args.redis_queue_capacity);
     }
     let runtime = builder.start()?;
     let issuer = DemoIssuer::new(jwt_secret.as_bytes());

@@ -10,7 +10,9 @@
 //!   has room again the run ends on the wire with `agent_error` code `engine_unavailable`.
 //! - **Delivery.** Each subscribed user has a receiver (`receiver`), which hands the user's
 //!   actor the stream in `seq` order, repairing gaps from history and turning what cannot
-//!   be repaired into a new position (`resync_required`).
+//!   be repaired into a new position (`resync_required`), and never posts more than twice
+//!   `max_user_backlog` ahead of the actor. Before a drain, `settle` waits for what was
+//!   published to reach the actors.
 //! - **History** reads a resume's range from the user's stream in Redis, with a time limit:
 //!   exactly, or (`partial`) its tail still held, within the same replay window as the
 //!   in-process engine (the last `replay_max_events`, none older than `replay_max_age`).
@@ -59,6 +61,8 @@ pub(super) struct Shared {
     /// user actor's mailbox with the in-process engine.
     pub(super) queued: Mutex<HashMap<UserId, usize>>,
     pub(super) max_user_backlog: usize,
+    /// How many events a receiver posts ahead of its actor (see `catch_up`).
+    pub(super) receiver_limit: u64,
     pub(super) self_ref: Weak<Shared>,
 }
 
@@ -72,6 +76,7 @@ impl ClusterEngine {
     ) -> Result<Self, String> {
         config.validate().map_err(|e| e.to_string())?;
         let bound = config.node_lost_bound();
+        let receiver_limit = super::catch_up::receiver_limit(max_user_backlog, &config);
         let arbiter = actix::Arbiter::new();
         let shared = Arc::new_cyclic(|self_ref| Shared {
             core: OnceLock::new(),
@@ -82,6 +87,7 @@ impl ClusterEngine {
             metrics,
             queued: Mutex::default(),
             max_user_backlog,
+            receiver_limit,
             self_ref: self_ref.clone(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -109,13 +115,27 @@ impl ClusterEngine {
     }
 }
 
+#[cfg(test)]
+impl ClusterEngine {
+    /// The engine's shared state, for the tests of the parts that work on it.
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 impl Shared {
-    /// The user's own share, as the in-process engine bounds the user actor's inbox; and
-    /// the node's queue, shared by every emitter: past half full, emitters that await
-    /// `ready()` wait, and the other half takes what they emit between two checks.
+    /// Whether `user`'s emitters on this node may go on: the user's own share of the
+    /// publish queue; the user's actor on this node, as the in-process engine bounds it (its
+    /// inbox, and a receiver that let events go and has not read them back yet); and the
+    /// node's queue, shared by every emitter: past half full, emitters that await `ready()`
+    /// wait, and the other half takes what they emit between two checks.
     fn has_room(&self, user: &UserId) -> bool {
         let user_queued = self.queued.lock().get(user).copied().unwrap_or(0);
+        let actor_behind = self.receivers.lock().get(user).is_some_and(|r| {
+            r.behind.is_some() || r.actor_backlog() >= self.max_user_backlog as u64
+        });
         user_queued < self.max_user_backlog
+            && !actor_behind
             && self
                 .core()
                 .is_none_or(|core| core.publisher().has_headroom())
@@ -471,6 +491,11 @@ impl Engine for ClusterEngine {
 
     fn node_id(&self) -> Option<&str> {
         self.shared.core().map(RedisEngine::node_id)
+    }
+
+    fn settle(&self, deadline: Duration) -> EngineFuture<()> {
+        self.shared
+            .on_engine((), move |shared| shared.settle(deadline))
     }
 
     fn shutdown(&self, deadline: Duration) -> EngineFuture<()> {

@@ -27,7 +27,9 @@
 //! - `stop`: `stop_agent` routed to the node that runs the run, scoped to the user.
 //! - `cluster`: the engine behind the runtime's `Engine` seam (the publish side, stops,
 //!   history reads), and `receiver`: each subscribed user's receiver on this node (position,
-//!   order, gap repair, resync).
+//!   order, gap repair, resync); `catch_up`: how far a receiver posts ahead of the user's
+//!   actor, and reading back what it let go; `settle`: before a drain, everything
+//!   published so far reaches the actors.
 //! - `connection`: the command connection, `backoff`: retry delays, `error`: the error,
 //!   `hooks`: the [`Inbound`] and [`Monitor`] traits the engine calls back into,
 //!   `config`: the settings and the `node_lost` bound's arithmetic.
@@ -46,6 +48,7 @@
 //! starts a new epoch, which receivers see as an epoch change (clients resync).
 
 mod backoff;
+mod catch_up;
 pub(crate) mod cluster;
 mod config;
 mod connection;
@@ -59,6 +62,7 @@ mod publisher;
 mod receiver;
 mod record;
 mod script;
+mod settle;
 mod stop;
 mod subscriber;
 mod sweeper;
@@ -94,6 +98,21 @@ use lease::{Health, LeaseTimings};
 use publisher::PublisherLimits;
 use script::{PublishScript, ScriptSettings};
 use subscriber::SubscriberTimings;
+
+/// Refuses a prefix the engine cannot use (see [`keys::Keys::new`]).
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    Keys::new(prefix).map(drop).map_err(ConfigError::Key)
+}
+
+/// Refuses a URL the Redis client cannot use (it is not connected to: that happens later,
+/// in the background).
+pub(crate) fn check_url(url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url).map(drop).map_err(|e| {
+        ConfigError::Url(format!(
+            "expected redis://[user:password@]host:port/db ({e})"
+        ))
+    })
+}
 
 /// What every task of one node's engine shares.
 pub(crate) struct Node {
@@ -240,6 +259,11 @@ impl RedisEngine {
             state_ttl: config.state_ttl,
             tasks: Mutex::new(vec![flusher, reader, lease, sweeper]),
         })
+    }
+
+    /// The most events one history read returns.
+    pub(crate) fn max_read(&self) -> usize {
+        self.history_max_read
     }
 
     /// This node's id.

@@ -167,20 +167,22 @@ impl Publisher {
         }
     }
 
+    /// Completes once nothing is queued (counting what is enqueued meanwhile).
+    pub(crate) async fn flushed(&self) {
+        loop {
+            let drained = self.shared.drained.notified();
+            if self.queued() == 0 {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     /// Refuses further events and waits, at most `deadline`, for the queued ones to be
     /// published; returns how many were not.
     pub(crate) async fn close(&self, deadline: Duration) -> usize {
         self.shared.closed.store(true, Ordering::Release);
-        let _ = tokio::time::timeout(deadline, async {
-            loop {
-                let drained = self.shared.drained.notified();
-                if self.queued() == 0 {
-                    return;
-                }
-                drained.await;
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(deadline, self.flushed()).await;
         self.queued()
     }
 }

@@ -7,8 +7,9 @@
 //! history can no longer supply, an epoch change (Redis lost its data), or a receiver too
 //! far behind becomes a new position, which the user's sockets receive as
 //! `resync_required`. After every reconnect of the subscriber, each receiver compares its
-//! position with the stored one and catches up the same way. The repairs run on the engine's
-//! thread; `cluster` owns the receivers and calls in here.
+//! position with the stored one and catches up the same way.
+//! A receiver posts at most its limit ahead of the actor (`catch_up` holds that side). The
+//! repairs run on the engine's thread; `cluster` owns the receivers and calls in here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,19 +19,27 @@ use super::NumberedEvent;
 use crate::engine::{Delivery, DeliveryTarget, StreamEvent};
 use crate::ids::UserId;
 
-/// Events a receiver holds while it learns its position or repairs a gap; past it, the
-/// held events are let go and the stream continues from a new position.
+/// Events a receiver holds while it learns its position or repairs a gap; past it (or past
+/// [`MAX_HELD_BYTES`]), the held events are let go and the stream continues from a new
+/// position.
 const MAX_HELD_EVENTS: usize = 10_000;
+
+/// The same bound in bytes of encoded events.
+const MAX_HELD_BYTES: usize = 32 << 20;
 
 /// One subscribed user's delivery state.
 pub(super) struct Receiver {
-    target: DeliveryTarget,
+    pub(super) target: DeliveryTarget,
     pub(super) generation: u64,
     /// The stream's epoch and the last `seq` delivered; `None` until known.
     pub(super) position: Option<(Arc<str>, u64)>,
     /// Set while history is read to fill a gap: events wait in `held` meanwhile.
-    repairing: bool,
+    pub(super) repairing: bool,
     held: Vec<NumberedEvent>,
+    held_bytes: usize,
+    /// Set while the actor is too far behind: the newest `seq` let go (in the position's
+    /// epoch), which the catch-up reads back from history.
+    pub(super) behind: Option<u64>,
 }
 
 impl Receiver {
@@ -41,7 +50,20 @@ impl Receiver {
             position: None,
             repairing: false,
             held: Vec::new(),
+            held_bytes: 0,
+            behind: None,
         }
+    }
+
+    /// Whether everything that reached this receiver was handed to the actor (nothing
+    /// held, repaired or let go).
+    pub(super) fn is_settled(&self) -> bool {
+        self.position.is_some() && !self.repairing && self.behind.is_none()
+    }
+
+    /// Events posted to the actor and not yet handled by it.
+    pub(super) fn actor_backlog(&self) -> u64 {
+        self.target.stats.backlog().0
     }
 }
 
@@ -56,6 +78,7 @@ impl Shared {
             hold(receiver, events);
             return;
         }
+        let limit = self.receiver_limit();
         let mut events = events.into_iter();
         while let Some(event) = events.next() {
             let Some((epoch, seq)) = receiver.position.clone() else {
@@ -66,11 +89,18 @@ impl Shared {
                 self.metrics.engine_resynced();
                 let start = event.seq.saturating_sub(1);
                 reposition(receiver, event.epoch.clone(), start);
-                deliver(receiver, event);
+                if receiver.behind.is_some() {
+                    receiver.behind = Some(event.seq);
+                } else {
+                    self.deliver_within(receiver, user, event, limit);
+                }
+            } else if let Some(newest) = receiver.behind {
+                // Let go: the catch-up reads everything up to the newest from history.
+                receiver.behind = Some(newest.max(event.seq));
             } else if event.seq <= seq {
                 // Already delivered (a repair and a late message overlapped).
             } else if event.seq == seq + 1 {
-                deliver(receiver, event);
+                self.deliver_within(receiver, user, event, limit);
             } else {
                 let gap_end = event.seq - 1;
                 receiver.repairing = true;
@@ -124,7 +154,7 @@ impl Shared {
                 }
             }
             receiver.repairing = false;
-            let held = std::mem::take(&mut receiver.held);
+            let held = take_held(receiver);
             drop(receivers);
             if !held.is_empty() {
                 this.accept(&user, held);
@@ -168,8 +198,14 @@ impl Shared {
                     });
                 }
                 Some((epoch, _)) if epoch != position.epoch => {
+                    // Nothing of the old epoch is left to read back.
+                    receiver.behind = None;
                     this.metrics.engine_resynced();
                     reposition(receiver, position.epoch, position.seq);
+                }
+                Some(_) if receiver.behind.is_some() => {
+                    // The catch-up reads up to the stored position too.
+                    receiver.behind = receiver.behind.max(Some(position.seq));
                 }
                 Some((epoch, seq)) if position.seq > seq && !receiver.repairing => {
                     // Events were published while the subscriber was away.
@@ -180,7 +216,7 @@ impl Shared {
                 }
                 Some(_) => {}
             }
-            let held = std::mem::take(&mut receiver.held);
+            let held = take_held(receiver);
             drop(receivers);
             if !held.is_empty() {
                 this.accept(&user, held);
@@ -198,7 +234,10 @@ impl Shared {
 
 /// Holds events until the receiver can deliver them, within a bound.
 fn hold(receiver: &mut Receiver, events: Vec<NumberedEvent>) {
-    if receiver.held.len() + events.len() > MAX_HELD_EVENTS {
+    let bytes: usize = events.iter().map(|e| e.frame.len()).sum();
+    if receiver.held.len() + events.len() > MAX_HELD_EVENTS
+        || receiver.held_bytes + bytes > MAX_HELD_BYTES
+    {
         // Too far behind to catch up event by event: continue after the newest.
         if let (Some(last), Some((epoch, _))) = (events.last(), receiver.position.clone()) {
             let (epoch, seq) = if last.epoch == epoch {
@@ -207,23 +246,33 @@ fn hold(receiver: &mut Receiver, events: Vec<NumberedEvent>) {
                 (last.epoch.clone(), last.seq)
             };
             receiver.held.clear();
+            receiver.held_bytes = 0;
             receiver.repairing = false;
+            receiver.behind = None;
             reposition(receiver, epoch, seq);
             return;
         }
         receiver.held.clear();
+        receiver.held_bytes = 0;
     }
+    receiver.held_bytes += bytes;
     receiver.held.extend(events);
 }
 
+/// Takes what `receiver` held.
+fn take_held(receiver: &mut Receiver) -> Vec<NumberedEvent> {
+    receiver.held_bytes = 0;
+    std::mem::take(&mut receiver.held)
+}
+
 /// The stream continues at `(epoch, seq)`: the user's actor tells its sockets to resync.
-fn reposition(receiver: &mut Receiver, epoch: Arc<str>, seq: u64) {
+pub(super) fn reposition(receiver: &mut Receiver, epoch: Arc<str>, seq: u64) {
     receiver.position = Some((epoch.clone(), seq));
     receiver.target.send(Delivery::Position { epoch, seq });
 }
 
 /// Delivers the next event of the stream to the user's actor.
-fn deliver(receiver: &mut Receiver, event: NumberedEvent) {
+pub(super) fn deliver(receiver: &mut Receiver, event: NumberedEvent) {
     if let Some((_, seq)) = &mut receiver.position {
         *seq = event.seq;
     }

@@ -13,6 +13,8 @@
 //!   encoded `"thread_id":…,"run_id":…,"agent_name":…` fields to the end.
 //! - a member of a node's runs set: user id, then the run id to the end.
 //! - a stop request on a node's control channel: `aws1`, user id, run id.
+//! - a marker on a node's control channel, which the node publishes to itself to learn
+//!   that its subscriber has handled every message sent before it: `awm1`, a number.
 //!
 //! Parsers never panic: anything malformed is a [`RecordError`].
 
@@ -28,6 +30,8 @@ use crate::outbound::Frame;
 pub(crate) const MESSAGE_MAGIC: &[u8] = b"aw1";
 /// What a stop request starts with.
 const STOP_MAGIC: &[u8] = b"aws1";
+/// What a marker starts with.
+const MARKER_MAGIC: &[u8] = b"awm1";
 
 /// One event as the engine numbered it, read from a channel or from history.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,6 +274,36 @@ pub(crate) fn parse_stop(message: &[u8]) -> Result<(UserId, String), RecordError
     Ok((user, run_id))
 }
 
+/// A message on a node's control channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ControlMessage {
+    /// Stop this user's run.
+    Stop(UserId, String),
+    /// The node's own marker with this number.
+    Marker(u64),
+}
+
+/// The marker numbered `number`.
+pub(crate) fn encode_marker(number: u64) -> Vec<u8> {
+    let mut out = MARKER_MAGIC.to_vec();
+    put(&mut out, number.to_string().as_bytes());
+    out
+}
+
+/// A stop request or a marker.
+pub(crate) fn parse_control(message: &[u8]) -> Result<ControlMessage, RecordError> {
+    let Some(body) = message.strip_prefix(MARKER_MAGIC) else {
+        let (user, run_id) = parse_stop(message)?;
+        return Ok(ControlMessage::Stop(user, run_id));
+    };
+    let mut reader = Reader::new(body);
+    let number = reader.number()?;
+    if !reader.is_empty() {
+        return Err(RecordError("trailing bytes after a marker"));
+    }
+    Ok(ControlMessage::Marker(number))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +386,17 @@ mod tests {
         );
         assert!(parse_stop(b"aws1").is_err());
         assert!(parse_stop(&stop[..stop.len() - 1]).is_err());
+        assert_eq!(
+            parse_control(&stop).unwrap(),
+            ControlMessage::Stop(user.clone(), "run_1".to_owned())
+        );
+        assert_eq!(
+            parse_control(&encode_marker(42)).unwrap(),
+            ControlMessage::Marker(42)
+        );
+        assert!(parse_control(b"awm1").is_err());
+        assert!(parse_control(b"awm1x").is_err());
+        assert!(parse_control(&[encode_marker(7), b"1".to_vec()].concat()).is_err());
         let member = node_run_member(&user, "run:2");
         assert_eq!(
             parse_node_run_member(&member).unwrap(),
@@ -380,6 +425,7 @@ mod tests {
             let _ = parse_live_run(&bytes);
             let _ = parse_node_run_member(&bytes);
             let _ = parse_stop(&bytes);
+            let _ = parse_control(&bytes);
         }
     }
 }

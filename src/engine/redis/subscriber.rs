@@ -12,8 +12,13 @@
 //! nothing published after the check. A `subscribe` that finds no connection keeps the
 //! channel wanted (it is subscribed on reconnect, which `resubscribed` reports) and returns
 //! [`EngineError::Disconnected`].
+//!
+//! [`Subscriber::sync`] publishes a marker on the node's own control channel and waits for
+//! the reader to reach it: Redis writes a connection's messages in the order it published
+//! them, so by then every message published before the marker was handed to [`Inbound`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,13 +27,14 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::{Msg, Value};
+use tokio::sync::Notify;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::error::EngineError;
 use super::hooks::{Inbound, Part};
-use super::record::{parse_message, parse_stop};
+use super::record::{encode_marker, parse_control, parse_message, ControlMessage};
 use super::Node;
 use crate::ids::UserId;
 
@@ -55,6 +61,10 @@ struct Shared {
     timings: SubscriberTimings,
     control: String,
     state: Mutex<State>,
+    /// The last marker number given out, and the highest the reader has reached.
+    markers_sent: AtomicU64,
+    marker_seen: AtomicU64,
+    marker_reached: Notify,
 }
 
 #[derive(Default)]
@@ -78,6 +88,9 @@ impl Subscriber {
             inbound,
             timings,
             state: Mutex::new(State::default()),
+            markers_sent: AtomicU64::new(0),
+            marker_seen: AtomicU64::new(0),
+            marker_reached: Notify::new(),
         });
         let task = tokio::spawn(run(shared.clone()));
         (Subscriber { shared }, task)
@@ -111,6 +124,34 @@ impl Subscriber {
             timeout(self.shared.timings.ping_timeout, sink.unsubscribe(&channel)).await??;
         }
         Ok(())
+    }
+
+    /// Waits until every message Redis sent this node's subscriber before now has been
+    /// handed to [`Inbound`], by publishing a marker on the node's control channel and
+    /// waiting for the reader to reach it. `Disconnected` when no subscriber received the
+    /// marker; a connection lost meanwhile leaves it waiting (bound it with a timeout).
+    pub(crate) async fn sync(&self) -> Result<(), EngineError> {
+        let shared = &self.shared;
+        let number = shared.markers_sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let receivers: u64 = shared
+            .node
+            .commands
+            .query(
+                redis::cmd("PUBLISH")
+                    .arg(&shared.control)
+                    .arg(encode_marker(number)),
+            )
+            .await?;
+        if receivers == 0 {
+            return Err(EngineError::Disconnected);
+        }
+        loop {
+            let reached = shared.marker_reached.notified();
+            if shared.marker_seen.load(Ordering::Acquire) >= number {
+                return Ok(());
+            }
+            reached.await;
+        }
     }
 
     #[cfg(test)]
@@ -235,8 +276,13 @@ async fn ping(mut sink: PubSubSink, timings: SubscriberTimings, dead: Cancellati
 fn handle(shared: &Shared, message: Msg) {
     let channel = message.get_channel_name();
     let parsed = if channel == shared.control {
-        parse_stop(message.get_payload_bytes())
-            .map(|(user, run_id)| shared.inbound.stop_requested(user, run_id))
+        parse_control(message.get_payload_bytes()).map(|control| match control {
+            ControlMessage::Stop(user, run_id) => shared.inbound.stop_requested(user, run_id),
+            ControlMessage::Marker(number) => {
+                shared.marker_seen.fetch_max(number, Ordering::AcqRel);
+                shared.marker_reached.notify_waiters();
+            }
+        })
     } else {
         let Some(user) = shared.state.lock().wanted.get(channel).cloned() else {
             // A channel unsubscribed a moment ago.

@@ -101,6 +101,37 @@ impl TestRedis {
         String::from_utf8_lossy(&reply).trim_end().to_owned()
     }
 
+    /// Sends one inline command whose reply is a bulk string (`CLIENT LIST`) and returns
+    /// that string (empty for a null reply).
+    #[allow(dead_code)] // used by the integration tests only
+    pub(crate) fn bulk(&self, command: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connected");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a timeout");
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .expect("sent");
+        let mut head = Vec::new();
+        let mut byte = [0];
+        while !head.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).expect("a reply");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).trim_end().to_owned();
+        let length: i64 = head
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a bulk string reply to {command}, not {head}"));
+        let Ok(length) = usize::try_from(length) else {
+            return String::new();
+        };
+        let mut body = vec![0; length + 2];
+        stream.read_exact(&mut body).expect("the bulk string");
+        body.truncate(length);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     /// Whether the server answers PING right now.
     pub(crate) fn ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
