@@ -1,7 +1,7 @@
 //! Emitter backpressure over a real socket: `AgentRun::ready` holds a producer in a tight
-//! loop once `max_user_backlog` events wait in the user's actor's mailbox, and lets it go
+//! loop once `max_user_backlog` events wait in the user's actor's inbox, and lets it go
 //! on, losing nothing, once the actor catches up. With Redis, where events reach the actor
-//! through Redis, the producer is held a little later and the node bounds the mailbox at
+//! through Redis, the producer is held a little later and the node bounds the inbox at
 //! twice the limit.
 
 mod common;
@@ -28,7 +28,7 @@ async fn ready_holds_a_tight_loop_at_max_user_backlog() {
 
     // tess's actor runs on the worker thread of her socket (the default placement), where
     // her requests' handlers run too: a handler that blocks that thread stops the actor
-    // from handling its mailbox, as a slow actor would.
+    // from taking its inbox, as a slow actor would.
     client
         .send(json!({ "type": "start_agent", "user_request": "block:3000" }))
         .await;
@@ -52,7 +52,7 @@ async fn ready_holds_a_tight_loop_at_max_user_backlog() {
             run.complete("done");
         })
     };
-    // agent_started and 99 thinking events fill the mailbox to 100; then `ready` waits.
+    // agent_started and 99 thinking events fill the inbox to 100; then `ready` waits.
     let deadline = Instant::now() + common::PATIENCE;
     while emitted.load(Ordering::SeqCst) < 99 {
         assert!(Instant::now() < deadline, "the producer emits");
@@ -60,7 +60,7 @@ async fn ready_holds_a_tight_loop_at_max_user_backlog() {
     }
     if common::engine::is_redis() {
         // With Redis an event reaches the actor through Redis a moment after it was
-        // emitted, so the producer is held once the mailbox shows 100, having emitted more
+        // emitted, so the producer is held once the inbox shows 100, having emitted more
         // meanwhile; those still arrive, up to the node's limit of twice max_user_backlog
         // ahead of the actor (past it, the node reads them back from history later).
         let backlog = || async {
@@ -70,7 +70,7 @@ async fn ready_holds_a_tight_loop_at_max_user_backlog() {
         };
         let deadline = Instant::now() + common::PATIENCE;
         while backlog().await < 100 {
-            assert!(Instant::now() < deadline, "the mailbox fills");
+            assert!(Instant::now() < deadline, "the inbox fills");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -111,7 +111,7 @@ async fn ready_holds_a_tight_loop_at_max_user_backlog() {
         assert_eq!(snapshot.users["tess"].stats.backlog, 100);
     }
 
-    // Once the actor handles its mailbox again the producer goes on, and every event
+    // Once the actor takes its inbox again the producer goes on, and every event
     // arrives, in order.
     producer.await.unwrap();
     let frames = client.collect_run().await;

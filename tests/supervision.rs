@@ -254,7 +254,7 @@ async fn a_stalled_session_is_cut_off_and_the_log_says_so() {
     }
     // ivy's actor runs on the worker thread of her socket (the default placement), where
     // her requests' handlers run too: while a handler blocks that thread, the 202 events
-    // below all reach the actor's mailbox before it handles any, so the socket's cut-off,
+    // below all reach the actor's inbox before it handles any, so the socket's cut-off,
     // its close and its detach all come after every event (else events emitted after the
     // detach would not be counted as dropped for it).
     ivy.send(json!({ "type": "start_agent", "user_request": "block:2000" }))
@@ -269,7 +269,7 @@ async fn a_stalled_session_is_cut_off_and_the_log_says_so() {
         run.thinking(format!("{i}"));
     }
     run.complete("done");
-    // With Redis the events reach the mailbox through pub/sub: wait until all are there.
+    // With Redis the events reach the inbox through pub/sub: wait until all are there.
     loop {
         let snapshot = server.runtime.snapshot().await.unwrap();
         if snapshot.users["ivy"].stats.backlog >= 202 {

@@ -43,7 +43,7 @@ pub struct Totals {
     pub sessions: usize,
     /// Messages waiting in the registry's mailbox.
     pub registry_backlog: u64,
-    /// Messages waiting in all user actors' mailboxes.
+    /// Deliveries waiting in all user actors' inboxes.
     pub user_backlog: u64,
     /// Frames waiting for all sessions.
     pub session_backlog: u64,

@@ -1,10 +1,11 @@
 //! The in-process engine: every user's stream lives in this process. The embedded default:
-//! nothing to install, and an event costs one lock, one encode and one mailbox post.
+//! nothing to install, and an event costs one lock, one encode and one push into the user's
+//! actor's inbox.
 //!
 //! A user has a stream while the registry has them subscribed (while this process has an
 //! actor for them): a random epoch, a `seq` counter and a bounded replay buffer. Publishing
-//! numbers, encodes and buffers the event and posts it to the user's actor, all under the
-//! stream's lock, so mailbox order is `seq` order; the registry's unsubscribe takes the map's
+//! numbers, encodes and buffers the event and pushes it into the user's actor's inbox, all
+//! under the stream's lock, so inbox order is `seq` order; the registry's unsubscribe takes the map's
 //! write lock, so once it returns nothing more reaches the old actor. Events for a user with
 //! no stream have no socket to go to and are dropped and counted. A new subscription starts
 //! a new stream (a new epoch): in process, history does not outlive the user's actor.

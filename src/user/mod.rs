@@ -2,10 +2,11 @@
 //! boundary of agentwire.
 //!
 //! Everything a user receives passes through this actor, and only this actor: the engine
-//! hands it the user's stream (numbered, encoded events, in `seq` order), and it posts the
-//! shared bytes to each of the user's sessions that wants the event's thread. Because every
-//! frame to a session leaves from this one mailbox, a resume's replay cannot interleave with
-//! live events. It enforces the slow-consumer limit from the sender side: a session whose
+//! hands it the user's stream (numbered, encoded events, in `seq` order) through its inbox,
+//! which it takes a burst at a time, and it pushes the shared bytes into the outbox of each
+//! of the user's sessions that wants the event's thread. Because every frame to a session
+//! leaves from this one actor, and the actor leaves its inbox alone while a resume waits for
+//! its history, a resume's replay cannot interleave with live events. It enforces the slow-consumer limit from the sender side: a session whose
 //! backlog is over the limit gets nothing more and is closed once it has written what it
 //! already had, so no socket ever skips a `seq`. The registry creates it, subscribes it to
 //! the user's stream, attaches and detaches sessions, and retires it.

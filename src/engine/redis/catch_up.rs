@@ -2,11 +2,11 @@
 //! what it let go.
 //!
 //! Pub/sub does not wait for a user actor that falls behind (a node short of CPU, a user
-//! with many sockets, emitters on other nodes that cannot see this node's mailbox), so a
+//! with many sockets, emitters on other nodes that cannot see this node's inbox), so a
 //! receiver bounds what it posts itself: at most its limit (twice `max_user_backlog`, and
 //! at least two of the largest batches Redis delivers at once) events may wait in the
 //! actor's inbox. Past it, the receiver lets the user's events go
-//! by, keeping only the newest `seq`; once the actor has worked its mailbox down to half
+//! by, keeping only the newest `seq`; once the actor has worked its inbox down to half
 //! the limit, it reads them back from history in order, a chunk at a time, and delivers
 //! live again when it has caught up. What history no longer holds by then becomes a new
 //! position (`resync_required`), as for any gap. So a node's memory per user stays bounded
@@ -84,7 +84,7 @@ impl Shared {
     }
 
     /// Reads what `user`'s receiver let go back from history, a chunk at a time, each once
-    /// the actor has worked its mailbox down to half the limit; what history no longer
+    /// the actor has worked its inbox down to half the limit; what history no longer
     /// holds becomes a new position.
     fn catch_up(self: &Arc<Self>, user: UserId, generation: u64) {
         let this = self.clone();

@@ -58,7 +58,7 @@ pub(super) struct Shared {
     pub(super) metrics: Arc<Metrics>,
     /// Each user's events queued for publishing and not yet applied by Redis: an emitter's
     /// `ready()` waits while its user has `max_user_backlog` of them, as it waits for the
-    /// user actor's mailbox with the in-process engine.
+    /// user actor's inbox with the in-process engine.
     pub(super) queued: Mutex<HashMap<UserId, usize>>,
     pub(super) max_user_backlog: usize,
     /// How many events a receiver posts ahead of its actor (see `catch_up`).

@@ -9,7 +9,7 @@
 //! it, from any node, was handed to the receivers); and every receiver to have handed
 //! what it got to its actor (no position being learned, no gap being repaired, nothing let
 //! go and not yet read back). The registry's drain message then queues behind those events
-//! in each actor's mailbox. Redis being unreachable only costs the deadline.
+//! in each actor's inbox. Redis being unreachable only costs the deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
