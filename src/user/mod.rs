@@ -369,10 +369,14 @@ impl User {
         }
         let now = SystemTime::now();
         self.stats.active_at(now);
+        // A burst of events keeps its buffer for the next one; a lone position (what an
+        // idle user ever receives) does not hold one for nothing.
+        let keep = burst.capacity() <= KEPT_BURST_CAPACITY
+            && !matches!(burst.front(), Some(Delivery::Position { .. }) if burst.len() == 1);
         for delivery in burst.drain(..) {
             self.on_delivery(delivery, now, ctx);
         }
-        if burst.capacity() <= KEPT_BURST_CAPACITY {
+        if keep {
             self.burst = burst;
         }
     }
