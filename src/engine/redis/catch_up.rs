@@ -4,8 +4,7 @@
 //! Pub/sub does not wait for a user actor that falls behind (a node short of CPU, a user
 //! with many sockets, emitters on other nodes that cannot see this node's inbox), so a
 //! receiver bounds what it posts itself: at most its limit (twice `max_user_backlog`, and
-//! at least two of the largest batches Redis delivers at once) events may wait in the
-//! actor's inbox. Past it, the receiver lets the user's events go
+//! at least `receiver_ahead`, 20,000 by default) events may wait in the actor's inbox. Past it, the receiver lets the user's events go
 //! by, keeping only the newest `seq`; once the actor has worked its inbox down to half
 //! the limit, it reads them back from history in order, a chunk at a time, and delivers
 //! live again when it has caught up. What history no longer holds by then becomes a new
@@ -44,14 +43,13 @@ enum Progress {
 
 /// How far a receiver posts ahead of its actor: twice `max_user_backlog`, one share for
 /// what this node's own emitters may have in flight (their `ready()` waits at
-/// `max_user_backlog` queued for publishing) and one for the actor's inbox; and at least two
-/// of the largest batches a node publishes (`max_batch_events`), which arrive at once, so
-/// a stream keeping up is never read back from history.
+/// `max_user_backlog` queued for publishing) and one for the actor's inbox; and at least
+/// `receiver_ahead`, so that a burst (emitters on other nodes that do not await `ready()`)
+/// is delivered as it comes rather than read back from a history that may not hold it.
 pub(super) fn receiver_limit(max_user_backlog: usize, config: &RedisConfig) -> u64 {
-    let batches = (config.max_batch_events as u64).saturating_mul(2);
     (max_user_backlog as u64)
         .saturating_mul(2)
-        .max(batches)
+        .max(config.receiver_ahead as u64)
         .max(2)
 }
 
@@ -264,8 +262,8 @@ mod tests {
     async fn harness(redis: &TestRedis, history: usize) -> Harness {
         let config = RedisConfig {
             history_max_events: history,
-            // Small batches, so the receiver's limit is the one from max_user_backlog.
-            max_batch_events: 16,
+            // The receiver's limit is the one from max_user_backlog.
+            receiver_ahead: 0,
             ..testing::config(redis, "n1")
         };
         let engine = ClusterEngine::start(config, 50, Arc::new(Metrics::default())).unwrap();

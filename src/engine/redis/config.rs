@@ -48,6 +48,12 @@ pub(crate) struct RedisConfig {
     pub queue_capacity_bytes: usize,
     /// The most events of one user in one script call. Default 256.
     pub max_batch_events: usize,
+    /// How many of a user's events a node's receiver posts ahead of the user's actor at
+    /// least (it posts twice `max_user_backlog` when that is more); past it, the receiver
+    /// lets events go and reads them back from history once the actor has caught up (a
+    /// resync when history no longer holds them). Default 20,000: a burst that the actor
+    /// takes a moment to fan out is delivered as it comes.
+    pub receiver_ahead: usize,
     /// The most bytes of one user's events in one script call (a larger single event still
     /// goes, alone). Default 1 MiB.
     pub max_batch_bytes: usize,
@@ -86,6 +92,7 @@ impl RedisConfig {
             queue_capacity: 262_144,
             queue_capacity_bytes: 64 << 20,
             max_batch_events: 256,
+            receiver_ahead: 20_000,
             max_batch_bytes: 1 << 20,
             max_in_flight: 64,
             command_timeout: Duration::from_secs(2),
